@@ -1,0 +1,41 @@
+"""flax-resnet: the ResNets of He et al. (CVPR 2016) in JAX/Flax, with their training recipes.
+
+    from flax_resnet import create_model, summary
+    model = create_model('resnet50')
+    print(summary(model))
+"""
+
+from flax_resnet.models import (
+    BasicBlock,
+    BottleneckBlock,
+    PlainBasicBlock,
+    PlainBottleneckBlock,
+    ResNet,
+    Shortcut,
+    Stage,
+    Stem,
+    create_model,
+    model_names,
+    ResNet18,
+    ResNet34,
+    ResNet50,
+    ResNet101,
+    ResNet152,
+    ResNet200,
+    Plain18,
+    Plain34,
+    CifarResNet20,
+    CifarResNet32,
+    CifarResNet44,
+    CifarResNet56,
+    CifarResNet110,
+    CifarResNet1202,
+    CifarPlain20,
+    CifarPlain32,
+    CifarPlain44,
+    CifarPlain56,
+    CifarPlain110,
+)
+from flax_resnet.model_summary import count_macs, count_params, summary
+
+__version__ = "0.1.0"
