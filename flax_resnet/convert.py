@@ -1,0 +1,235 @@
+"""Weights between torchvision's ResNets and ours, in both directions.
+
+torchvision's ResNet-18/34/50/101/152 (v1.5, as its IMAGENET1K_V1/V2 weights; timm's ResNets use
+the same names) map one to one onto `create_model`'s networks of the same name:
+
+    conv1, bn1                         <-> stem/conv, stem/bn
+    layer{i}.{j-1}.conv{k}, .bn{k}     <-> stage{i}/block{j}/conv{k}, bn{k}
+    layer{i}.{j-1}.downsample.0, .1    <-> stage{i}/block{j}/shortcut/conv, shortcut/bn
+    fc                                 <-> fc
+
+Conv kernels go from torch's OIHW to Flax's HWIO, the classifier's (out, in) to (in, out), and
+BatchNorm's weight/bias/running_mean/running_var to scale/bias/mean/var (epsilon 1e-5 in both).
+With the default 'symmetric' padding our stem, strided 3x3 convolutions and max-pool sample
+exactly the pixels torchvision's do, so the converted network computes the same function.
+Reading a .safetensors file needs no PyTorch; a .pth file does.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flax_resnet.models import MODEL_SPECS, BasicBlock, BottleneckBlock, ResNet, create_model
+
+# Our leaf name -> torchvision's, per kind of layer.
+_TORCH_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
+               "var": "running_var"}
+_FLAX_LEAF = {("conv", "weight"): "kernel", ("dense", "weight"): "kernel",
+              ("norm", "weight"): "scale", ("dense", "bias"): "bias", ("norm", "bias"): "bias",
+              ("norm", "running_mean"): "mean", ("norm", "running_var"): "var"}
+_MAX_LISTED = 10
+
+
+def torchvision_models() -> list[str]:
+  """The `create_model` names whose weights torchvision's (and timm's) layout holds."""
+  return [name for name, spec in MODEL_SPECS.items()
+          if spec["stem"] == "imagenet" and spec["block_cls"] in (BasicBlock, BottleneckBlock)]
+
+
+def _torch_module(path: tuple[str, ...]) -> str:
+  """Our module path ('stage2', 'block1', 'shortcut', 'conv') -> 'layer2.0.downsample.0'."""
+  if path[0] == "stem":
+    return {"conv": "conv1", "bn": "bn1"}[path[1]]
+  if path[0] == "fc":
+    return "fc"
+  stage, block, *rest = path
+  prefix = f"layer{int(stage[len('stage'):])}.{int(block[len('block'):]) - 1}"
+  if rest[0] == "shortcut":
+    return f"{prefix}.downsample.{0 if rest[1] == 'conv' else 1}"
+  return f"{prefix}.{rest[0]}"
+
+
+def _kind(path: tuple[str, ...]) -> str:
+  if path[0] == "fc":
+    return "dense"
+  return "norm" if path[-1].startswith("bn") else "conv"
+
+
+def _to_torch_layout(kind: str, array: np.ndarray) -> np.ndarray:
+  if kind == "conv" and array.ndim == 4:
+    return np.transpose(array, (3, 2, 0, 1))  # HWIO -> OIHW
+  if kind == "dense" and array.ndim == 2:
+    return np.transpose(array)  # (in, out) -> (out, in)
+  return array
+
+
+def _to_flax_layout(kind: str, array: np.ndarray) -> np.ndarray:
+  if kind == "conv" and array.ndim == 4:
+    return np.transpose(array, (2, 3, 1, 0))  # OIHW -> HWIO
+  if kind == "dense" and array.ndim == 2:
+    return np.transpose(array)
+  return array
+
+
+_LEAF_ORDER = ("kernel", "scale", "bias", "mean", "var")
+_LAYER_ORDER = ("conv", "bn", "conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "shortcut")
+
+
+def _torch_order(path: tuple[str, ...]):
+  """Sort key putting our module paths in torchvision's order (stem, stages, fc; numerically)."""
+  if path[0] in ("stem", "fc"):
+    head, rest = (0 if path[0] == "stem" else 9,), path[1:]
+  else:
+    head, rest = (1, int(path[0][len("stage"):]), int(path[1][len("block"):])), path[2:]
+  return head + tuple(_LAYER_ORDER.index(p) for p in rest)
+
+
+def _layout(model: ResNet) -> dict[str, tuple[tuple[str, ...], str, tuple[int, ...]] | None]:
+  """torchvision key -> (our flattened variable key, layer kind, torchvision's shape), in
+  torchvision's state-dict order; each BatchNorm's num_batches_tracked maps to None."""
+  shapes = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3), jnp.float32)))
+  modules = {}  # module path -> [(flattened key, shape)]
+  for key, leaf in flax.traverse_util.flatten_dict(shapes).items():
+    modules.setdefault(key[1:-1], []).append((key, leaf.shape))
+  layout = {}
+  for path in sorted(modules, key=_torch_order):
+    module, kind = _torch_module(path), _kind(path)
+    for key, shape in sorted(modules[path], key=lambda entry: _LEAF_ORDER.index(entry[0][-1])):
+      torch_shape = _to_torch_layout(kind, np.empty(shape, np.uint8)).shape
+      layout[f"{module}.{_TORCH_LEAF[key[-1]]}"] = (key, kind, torch_shape)
+    if kind == "norm":
+      layout[f"{module}.num_batches_tracked"] = None
+  return layout
+
+
+def _convertible_model(model_name: str, **overrides) -> ResNet:
+  if model_name not in torchvision_models():
+    raise ValueError(f"model {model_name!r} has no torchvision layout; convert one of "
+                     f"{', '.join(torchvision_models())}")
+  model = create_model(model_name, **overrides)
+  if model.shortcut != "B":
+    raise ValueError(f"torchvision's ResNets use shortcut 'B' (projection where shapes change); "
+                     f"got shortcut={model.shortcut!r}")
+  return model
+
+
+def _listed(keys: list) -> str:
+  more = len(keys) - _MAX_LISTED
+  return ", ".join(map(str, keys[:_MAX_LISTED])) + (f" ... and {more} more" if more > 0 else "")
+
+
+def _check_keys(what: str, given: Mapping[str, tuple], expected: Mapping[str, tuple],
+                optional: set[str] = frozenset()):
+  """One ValueError naming every missing, unexpected and mis-shaped key (name -> shape)."""
+  missing = [k for k in expected if k not in given]
+  extra = [k for k in given if k not in expected and k not in optional]
+  shapes = [f"{k} is {tuple(given[k])}, expected {tuple(expected[k])}"
+            for k in expected if k in given and tuple(given[k]) != tuple(expected[k])]
+  problems = []
+  if missing:
+    problems.append(f"missing keys: {_listed(missing)}")
+  if extra:
+    problems.append(f"unexpected keys: {_listed(extra)}")
+  if shapes:
+    problems.append(f"wrong shapes: {_listed(shapes)}")
+  if problems:
+    raise ValueError(f"{what}: " + "; ".join(problems))
+
+
+def _to_numpy(value) -> np.ndarray:
+  """A numpy array from a numpy/jax array or a torch tensor (without importing torch)."""
+  if hasattr(value, "detach"):
+    value = value.detach().cpu()
+    if value.is_floating_point():
+      value = value.float()  # bfloat16/float16 checkpoints; numpy has no bfloat16
+    return value.numpy()
+  return np.asarray(value)
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """A torchvision state dict from a .safetensors file (no torch needed) or a torch.save file
+  (.pth/.pt/.bin/.ckpt: needs torch; a {'state_dict': ...} or {'model': ...} wrapper is opened)."""
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"no weights file at {path!r}")
+  if path.endswith(".safetensors"):
+    from safetensors.numpy import load_file
+    return load_file(path)
+  try:
+    import torch
+  except ImportError:
+    raise ImportError(f"reading {path!r} needs PyTorch (pip install torch); or save the state "
+                      "dict as .safetensors, which reads without it") from None
+  state = torch.load(path, map_location="cpu", weights_only=True)
+  for wrapper in ("state_dict", "model"):
+    if isinstance(state.get(wrapper), Mapping):
+      state = state[wrapper]
+  return {k: _to_numpy(v) for k, v in state.items()}
+
+
+def from_torchvision(state_dict: Mapping[str, Any] | str | os.PathLike, model_name: str,
+                     **overrides) -> tuple[ResNet, dict]:
+  """(model, variables) for `create_model(model_name, **overrides)` holding torchvision's weights.
+
+  `state_dict` maps torchvision's parameter and buffer names to numpy arrays or torch tensors
+  (what `torchvision.models.resnet50().state_dict()` or `torch.load` gives), or is a path to a
+  .safetensors or .pth file. num_classes follows fc.weight unless overridden, so fine-tuned
+  checkpoints load too; a 'module.' prefix (DistributedDataParallel) is dropped.
+
+  >>> model, variables = from_torchvision('resnet50.safetensors', 'resnet50')
+  >>> logits = model.apply(variables, images_nhwc)
+  """
+  if isinstance(state_dict, (str, os.PathLike)):
+    state_dict = load_state_dict(state_dict)
+  if not isinstance(state_dict, Mapping):
+    raise TypeError(f"state_dict must be a mapping of torchvision names to arrays or a path, "
+                    f"not {type(state_dict).__name__}")
+  if state_dict and all(k.startswith("module.") for k in state_dict):
+    state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
+  state = {k: _to_numpy(v) for k, v in state_dict.items()}
+  if "fc.weight" in state and "num_classes" not in overrides:
+    overrides["num_classes"] = int(state["fc.weight"].shape[0])
+  model = _convertible_model(model_name, **overrides)
+  layout = _layout(model)
+  entries = {k: v for k, v in layout.items() if v is not None}
+  _check_keys(f"state dict does not fit torchvision's {model_name} "
+              f"(num_classes={model.num_classes})",
+              {k: v.shape for k, v in state.items()},
+              {k: shape for k, (_, _, shape) in entries.items()},
+              optional={k for k, v in layout.items() if v is None})
+  flat = {key: jnp.asarray(_to_flax_layout(kind, state[name]), jnp.float32)
+          for name, (key, kind, _) in entries.items()}
+  return model, flax.traverse_util.unflatten_dict(flat)
+
+
+def to_torchvision(variables: Mapping, model_name: str) -> dict[str, np.ndarray]:
+  """torchvision's state dict (float32 numpy arrays, int64 num_batches_tracked) of `variables`
+  of `create_model(model_name)`, for `torchvision.models.<model_name>().load_state_dict(...,
+  strict=True)` (wrap each value in torch.from_numpy) or safetensors.numpy.save_file."""
+  flat = flax.traverse_util.flatten_dict(dict(variables))
+  if ("params", "fc", "kernel") not in flat:
+    raise ValueError("variables have no params/fc/kernel; pass the full {'params': ..., "
+                     "'batch_stats': ...} of a ResNet")
+  model = _convertible_model(model_name, num_classes=int(flat["params", "fc", "kernel"].shape[1]))
+  layout = _layout(model)
+  entries = {k: v for k, v in layout.items() if v is not None}
+  expected = {"/".join(key): _to_flax_layout(kind, np.empty(shape, np.uint8)).shape
+              for key, kind, shape in entries.values()}
+  _check_keys(f"variables do not fit {model_name} (num_classes={model.num_classes})",
+              {"/".join(k): np.shape(v) for k, v in flat.items()}, expected)
+  state = {}
+  for name, entry in layout.items():
+    if entry is None:
+      state[name] = np.array(0, np.int64)
+    else:
+      key, kind, _ = entry
+      state[name] = np.ascontiguousarray(
+          _to_torch_layout(kind, np.asarray(flat[key], np.float32)))
+  return state
