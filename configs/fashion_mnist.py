@@ -1,0 +1,27 @@
+"""The quick start: a CIFAR-style ResNet-20 on the real Fashion-MNIST, on a laptop CPU.
+
+    python train.py --config=configs/fashion_mnist.py --workdir=workdirs/fashion_mnist
+
+Data: Debian's dataset-fashion-mnist files (or TFDS's download where there is internet),
+prepared once into a TFDS dataset. 28x28x1 images, 4-pixel pad + random crop + flip.
+The paper's CIFAR recipe (SGD 0.9, wd 1e-4, option A shortcuts) with a cosine schedule
+fitted to a short run.
+"""
+
+from configs import cifar10
+
+
+def get_config():
+  config = cifar10.get_config("cifar_resnet20")
+  config.dataset = "fashion_mnist"
+  config.image_size = 28
+  config.num_train_steps = 0
+  config.num_epochs = 30
+  config.lr_schedule = "cosine"
+  config.lr_decay_steps = ()
+  config.warmup_epochs = 0.2
+  config.eval_every_steps = 0           # every epoch
+  config.checkpoint_every_steps = 0     # every epoch
+  config.log_every_steps = 50
+  config.eval_batch_size = 1000
+  return config

@@ -1,0 +1,105 @@
+"""Saving and restoring the whole train state with orbax-checkpoint.
+
+Checkpoints live in WORKDIR/checkpoints/<step>/ with two items: `state` (step, params,
+batch_stats, optimizer state; one copy, so a checkpoint written on 8 devices restores on 1
+and the other way round) and `meta` (JSON: model, dataset, config), which lets a run refuse
+a workdir that holds another model before it touches anything. Orbax writes each step into
+a temporary folder and renames it when complete, so a crash mid-write never leaves a
+checkpoint that looks finished.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint that cannot serve this run; the message says why and what to do."""
+
+
+class Checkpointer:
+  """A thin CheckpointManager: asynchronous saves, newest-first restore with fallback."""
+
+  def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
+    self.directory = os.path.abspath(directory)
+    self.manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=async_save),
+        item_names=("state", "meta"))
+
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def save(self, step: int, state, meta: dict[str, Any]) -> None:
+    """Starts writing `state` at `step`; returns while the write goes on in the background."""
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+
+  def read_meta(self, step: int) -> dict[str, Any]:
+    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
+        "meta"]
+
+  def restore_latest(self, abstract_state, check_meta=None):
+    """The newest readable checkpoint as (state, meta), or None where there is none.
+
+    `abstract_state` gives the structure, shapes, dtypes and shardings to restore into.
+    `check_meta(meta)` may raise CheckpointError when a checkpoint belongs to another
+    experiment; that stops the run. A checkpoint that cannot be read (truncated, corrupt)
+    is reported and the next older one is tried; nothing is deleted.
+    """
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+    failures = []
+    for step in reversed(self.all_steps()):
+      try:
+        meta = self.read_meta(step)
+      except Exception as e:  # noqa: BLE001 - any unreadable file means: try an older one
+        failures.append((step, e))
+        continue
+      if check_meta is not None:
+        check_meta(meta)
+      try:
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target)))
+      except (ValueError, KeyError) as e:
+        if _is_structure_mismatch(e):
+          raise CheckpointError(
+              f"the checkpoint at step {step} in {self.directory} does not fit this model "
+              f"({_first_line(e)}); use a new --workdir, or the config that wrote it") from e
+        failures.append((step, e))
+        continue
+      except Exception as e:  # noqa: BLE001
+        failures.append((step, e))
+        continue
+      for bad_step, error in failures:
+        print(f"warning: checkpoint at step {bad_step} in {self.directory} is unreadable "
+              f"({_first_line(error)}); resuming from step {step} instead", file=sys.stderr)
+      return restored["state"], meta
+    if failures:
+      steps = ", ".join(str(s) for s, _ in failures)
+      raise CheckpointError(
+          f"no readable checkpoint in {self.directory} (steps {steps} failed: "
+          f"{_first_line(failures[0][1])}); move that folder away to start afresh")
+    return None
+
+  def wait(self) -> None:
+    """Blocks until every started save is complete on disk."""
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()
+
+
+def _first_line(error: Exception) -> str:
+  text = str(error).strip().splitlines()
+  return (text[0] if text else type(error).__name__)[:300]
+
+
+def _is_structure_mismatch(error: Exception) -> bool:
+  text = str(error).lower()
+  return any(w in text for w in ("shape", "structure", "mismatch", "tree"))

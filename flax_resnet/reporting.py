@@ -1,0 +1,105 @@
+"""What a run tells the user: a progress line, WORKDIR/metrics.jsonl and TensorBoard summaries.
+
+Only process 0 writes; the others stay quiet, so a pod run logs once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+
+
+def _plain(value):
+  """numpy/jax scalars as JSON numbers."""
+  try:
+    return float(value) if not isinstance(value, (int, str)) else value
+  except (TypeError, ValueError):
+    return str(value)
+
+
+class Reporter:
+  """Writes metrics to metrics.jsonl (one JSON object per line, with `step`) and TensorBoard,
+  and prints a progress line with step, loss, images/second and ETA."""
+
+  def __init__(self, workdir: str, num_train_steps: int, global_batch_size: int,
+               start_step: int = 0, tensorboard: bool = True, stream=None):
+    self.active = jax.process_index() == 0
+    self.num_train_steps = num_train_steps
+    self.global_batch_size = global_batch_size
+    self.stream = stream or sys.stdout
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._mark = (start_step, time.perf_counter())
+    self._writer = None
+    if self.active:
+      if start_step == 0 and os.path.exists(self.path):
+        os.replace(self.path, self.path + ".old")  # a fresh run in an old workdir
+      if tensorboard:
+        from clu import metric_writers  # imports TensorFlow: only where it is used
+        self._writer = metric_writers.create_default_writer(workdir, just_logging=False,
+                                                            asynchronous=True)
+    if start_step:
+      self._drop_lines_after(start_step)
+
+  def _drop_lines_after(self, step: int) -> None:
+    """On resume, forget metrics of steps that the resumed run will train again."""
+    if not (self.active and os.path.exists(self.path)):
+      return
+    with open(self.path) as f:
+      lines = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= step]
+    tmp = self.path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(lines)
+    os.replace(tmp, self.path)
+
+  def write(self, step: int, metrics: dict[str, Any]) -> None:
+    if not self.active:
+      return
+    record = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    if self._writer is not None:
+      self._writer.write_scalars(int(step), {k: v for k, v in record.items()
+                                             if k != "step" and isinstance(v, float)})
+
+  def progress(self, step: int, metrics: dict[str, Any]) -> float:
+    """Prints the progress line; returns images/second since the last call."""
+    last_step, last_time = self._mark
+    now = time.perf_counter()
+    self._mark = (step, now)
+    rate = (step - last_step) * self.global_batch_size / max(now - last_time, 1e-9)
+    if self.active:
+      left = (self.num_train_steps - step) * self.global_batch_size / max(rate, 1e-9)
+      print(f"step {step}/{self.num_train_steps} | loss {float(metrics['train_loss']):.4f} | "
+            f"lr {float(metrics['learning_rate']):.4g} | {rate:,.0f} img/s | "
+            f"ETA {_duration(left)}", file=self.stream, flush=True)
+    return rate
+
+  def say(self, text: str) -> None:
+    if self.active:
+      print(text, file=self.stream, flush=True)
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.flush()
+      self._writer.close()
+
+
+def _duration(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  seconds = int(seconds)
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+  """The records of WORKDIR/metrics.jsonl, in order."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(l) for l in f if l.strip()]
