@@ -1,0 +1,446 @@
+"""Input pipelines: TFDS + tf.data for ImageNet, CIFAR-10 and Fashion-MNIST, yielding numpy batches.
+
+The training loop sees three functions: `dataset_info`, `create_train_iterator` and
+`create_eval_iterator`. Design choices:
+- Multi-host: each process reads a disjoint slice of the training split (`split_for_jax_process`
+  with equal slices), so every host has the same steps per epoch. Evaluation splits the eval set
+  without dropping anything; every host pads its tail to the same number of batches and marks
+  real examples with `mask` (1.0) and padding with 0.0, so metrics cover each example exactly once
+  and collectives see the same number of batches on every host.
+- Deterministic and resumable: epoch `e` of host `p` is a shuffle keyed on (seed, p, e); each
+  example's augmentation uses stateless random ops keyed on (seed, p, e, position in epoch).
+  Batch k is therefore a function of (seed, k) only, and `start_step=k` skips to it by dropping
+  the first examples of its epoch before they are decoded or augmented. Each epoch yields
+  `examples_per_host // batch` full batches (a different random remainder is left out each epoch).
+- ImageNet crops are computed on the JPEG's header shape and decoded with `decode_and_crop_jpeg`,
+  so only the crop window is decoded (see benchmarks/input_pipeline.py for the speed-up).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+from typing import Callable, Iterator
+
+import jax
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from flax_resnet import fashion_mnist_local
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Per-channel statistics of the training images on the [0, 1] scale.
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+FASHION_MNIST_MEAN = (0.2860,)
+FASHION_MNIST_STD = (0.3530,)
+
+IMAGENET_TRAIN_AUGMENTATIONS = ("paper", "inception")
+IMAGENET_EVAL_CROPS = ("center", "ten_crop")
+PAPER_SCALE_RANGE = (256, 480)  # Shorter side resized to a random size in [256, 480].
+CIFAR_VALIDATION_SIZE = 5000  # The paper's 45k/5k train/validation split.
+DEFAULT_SHUFFLE_BUFFER = 16_384  # Examples, for datasets that are not cached in memory.
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """Static facts about a supported TFDS dataset."""
+  num_classes: int
+  image_shape: tuple[int, int, int]  # After preprocessing (ImageNet: at image_size 224).
+  train_split: str
+  eval_split: str
+  num_train_examples: int
+  num_eval_examples: int
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  pad: int = 0  # Zero padding before the random crop of the small-image augmentation.
+  cache: bool = False  # Decoded training set fits in host memory.
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "imagenet2012": DatasetSpec(1000, (224, 224, 3), "train", "validation", 1_281_167, 50_000,
+                                IMAGENET_MEAN, IMAGENET_STD),
+    "cifar10": DatasetSpec(10, (32, 32, 3), "train", "test", 50_000, 10_000,
+                           CIFAR10_MEAN, CIFAR10_STD, pad=4, cache=True),
+    "fashion_mnist": DatasetSpec(10, (28, 28, 1), "train", "test", 60_000, 10_000,
+                                 FASHION_MNIST_MEAN, FASHION_MNIST_STD, pad=4, cache=True),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What the training loop needs to know about the configured dataset."""
+  name: str
+  num_classes: int
+  image_shape: tuple[int, int, int]
+  num_train_examples: int
+  num_eval_examples: int
+  train_split: str
+  eval_split: str
+
+
+def _get(config, name: str, default=None):
+  value = config.get(name, default)
+  return default if value is None else value
+
+
+def _dataset_name(config) -> str:
+  name = config.get("dataset", None)
+  if name not in DATASETS:
+    raise ValueError(f"Unknown dataset {name!r} in config.dataset; choose one of {sorted(DATASETS)}.")
+  return name
+
+
+def dataset_info(config) -> DatasetInfo:
+  """Static description of `config.dataset`, with the 45k/5k CIFAR split and ImageNet image_size."""
+  name = _dataset_name(config)
+  spec = DATASETS[name]
+  image_shape = spec.image_shape
+  train_split, eval_split = spec.train_split, spec.eval_split
+  num_train, num_eval = spec.num_train_examples, spec.num_eval_examples
+  if name == "imagenet2012":
+    size = int(_get(config, "image_size", 224))
+    image_shape = (size, size, 3)
+  if name == "cifar10" and _get(config, "cifar_validation_split", False):
+    num_train = spec.num_train_examples - CIFAR_VALIDATION_SIZE
+    train_split, eval_split = f"train[:{num_train}]", f"train[{num_train}:]"
+    num_eval = CIFAR_VALIDATION_SIZE
+  return DatasetInfo(name, spec.num_classes, image_shape, num_train, num_eval, train_split,
+                     eval_split)
+
+
+def steps_per_epoch(config, process_count: int | None = None) -> int:
+  """Training steps in one epoch: each host yields (its equal slice) // (per-host batch) batches."""
+  process_count = jax.process_count() if process_count is None else process_count
+  per_host_batch = _per_host_batch(config, "batch_size", process_count)
+  return (dataset_info(config).num_train_examples // process_count) // per_host_batch
+
+
+# ----------------------------------------------------------------------------------------------
+# Dataset preparation and clear errors.
+
+
+def _data_dir(config) -> str | None:
+  data_dir = config.get("data_dir", None)
+  if data_dir is None:
+    return None
+  data_dir = os.path.expanduser(str(data_dir))
+  if not os.path.isdir(data_dir):
+    raise FileNotFoundError(
+        f"config.data_dir={data_dir!r} does not exist. Create it (datasets are prepared there on "
+        "first use), point it at the folder that holds your TFDS datasets, or set it to None to "
+        "use TFDS's default (~/tensorflow_datasets).")
+  return data_dir
+
+
+def _prepared_builder(config) -> tfds.core.DatasetBuilder:
+  """The TFDS builder of config.dataset, prepared (offline where possible) or a clear error."""
+  name = _dataset_name(config)
+  data_dir = _data_dir(config)
+  builder = tfds.builder(name, data_dir=data_dir)
+  if builder.is_prepared():
+    return builder
+  where = builder.data_dir_root
+  if name == "imagenet2012":
+    raise FileNotFoundError(
+        f"ImageNet (imagenet2012) is not prepared in {where}, and TFDS cannot download it. Get "
+        "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from https://image-net.org, put them "
+        f"in {os.path.join(where, 'downloads', 'manual')}, then run once (hours): "
+        f"`tfds build imagenet2012 --data_dir={where}`. Or set config.data_dir to a folder that "
+        "already holds a prepared imagenet2012.")
+  if name == "fashion_mnist":
+    source_dir = config.get("fashion_mnist_source_dir", None)
+    try:
+      return fashion_mnist_local.prepare(data_dir,
+                                         source_dir or fashion_mnist_local.DEFAULT_SOURCE_DIR)
+    except FileNotFoundError:
+      if source_dir is not None:  # The user named a folder: say what is missing there.
+        raise
+  print(f"Downloading and preparing TFDS {name} in {where} (once)...", file=sys.stderr, flush=True)
+  try:
+    builder.download_and_prepare()
+  except Exception as error:  # Network errors come in many types; all lead to the same advice.
+    hint = (" or install Debian's dataset-fashion-mnist / set config.fashion_mnist_source_dir to "
+            "a folder with the four IDX files" if name == "fashion_mnist" else "")
+    raise FileNotFoundError(
+        f"TFDS could not download and prepare {name} into {where} ({type(error).__name__}: "
+        f"{error}). Without internet, run `tfds build {name} --data_dir=DIR` on a machine with "
+        f"internet and copy DIR/{name} into {where}{hint}.") from error
+  return builder
+
+
+def _per_host_batch(config, field: str, process_count: int) -> int:
+  global_batch = int(_get(config, field, None) or _get(config, "batch_size", 0))
+  if global_batch <= 0 or global_batch % process_count:
+    raise ValueError(f"config.{field}={global_batch} must be a positive multiple of the process "
+                     f"count {process_count}.")
+  return global_batch // process_count
+
+
+def _process(process_index, process_count) -> tuple[int, int]:
+  process_index = jax.process_index() if process_index is None else int(process_index)
+  process_count = jax.process_count() if process_count is None else int(process_count)
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} is not in [0, {process_count}).")
+  return process_index, process_count
+
+
+def _derive_seed(*ints: int) -> int:
+  """A 31-bit seed derived from integers (seed, process, epoch): distinct tuples, distinct seeds."""
+  return int(np.random.SeedSequence([int(i) for i in ints]).generate_state(1)[0] >> 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Preprocessing (TensorFlow ops inside tf.data).
+
+
+def _normalize(image: tf.Tensor, spec: DatasetSpec) -> tf.Tensor:
+  """[0, 255] -> per-channel standardized float32."""
+  mean = tf.constant(spec.mean, tf.float32) * 255.0
+  std = tf.constant(spec.std, tf.float32) * 255.0
+  return (tf.cast(image, tf.float32) - mean) / std
+
+
+def _random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+  flip = tf.random.stateless_uniform([], seed) < 0.5
+  return tf.cond(flip, lambda: tf.reverse(image, axis=[-2]), lambda: image)
+
+
+def pad_crop_flip(image: tf.Tensor, seed: tf.Tensor, pad: int) -> tf.Tensor:
+  """The CIFAR augmentation of He et al.: zero-pad `pad` pixels, random crop of the original size,
+  random horizontal flip. Padding is on the raw image (black), as torchvision's RandomCrop."""
+  height, width, channels = image.shape
+  crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
+  offset = tf.random.stateless_uniform([2], crop_seed, 0, 2 * pad + 1, dtype=tf.int32)
+  cropped = tf.slice(padded, [offset[0], offset[1], 0], [height, width, channels])
+  return _random_flip(cropped, flip_seed)
+
+
+def _resize(image: tf.Tensor, size) -> tf.Tensor:
+  # Antialiasing matters when shrinking (a 480-px crop window to 224): it matches PIL/torchvision.
+  return tf.image.resize(image, size, method="bilinear", antialias=True)
+
+
+def _decode_window(jpeg: tf.Tensor, window: tf.Tensor, size: int) -> tf.Tensor:
+  """Decodes only `window` = [y, x, h, w] of the JPEG and resizes it to size x size."""
+  image = tf.io.decode_and_crop_jpeg(jpeg, window, channels=3)
+  return _resize(image, [size, size])
+
+
+def paper_crop_window(image_shape: tf.Tensor, seed: tf.Tensor, size: int,
+                      scale_range=PAPER_SCALE_RANGE) -> tf.Tensor:
+  """He et al.'s scale augmentation as a window of the original image.
+
+  Resizing the shorter side to S ~ U{256..480} and cropping size x size at a random position is
+  the same geometric map as cropping a square of side size * short / S from the original and
+  resizing that square to size x size; computing the window first lets us decode only it.
+  """
+  height, width = image_shape[0], image_shape[1]
+  shorter = tf.minimum(height, width)
+  scale_seed, y_seed, x_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+  target = tf.random.stateless_uniform([], scale_seed, scale_range[0], scale_range[1] + 1,
+                                       dtype=tf.int32)
+  side = tf.cast(tf.round(size * tf.cast(shorter, tf.float32) / tf.cast(target, tf.float32)),
+                 tf.int32)
+  side = tf.clip_by_value(side, 1, shorter)
+  y = tf.random.stateless_uniform([], y_seed, 0, height - side + 1, dtype=tf.int32)
+  x = tf.random.stateless_uniform([], x_seed, 0, width - side + 1, dtype=tf.int32)
+  return tf.stack([y, x, side, side])
+
+
+def center_crop_window(image_shape: tf.Tensor, size: int) -> tf.Tensor:
+  """The window of "resize the shorter side to size * 256/224, crop size x size at the center"."""
+  height, width = image_shape[0], image_shape[1]
+  shorter = tf.cast(tf.minimum(height, width), tf.float32)
+  side = tf.cast(tf.round(shorter * 224.0 / 256.0), tf.int32)
+  side = tf.maximum(side, 1)
+  return tf.stack([(height - side + 1) // 2, (width - side + 1) // 2, side, side])
+
+
+def inception_crop_window(image_shape: tf.Tensor, seed: tf.Tensor, size: int) -> tf.Tensor:
+  """Inception-style random-resized crop (8%-100% of the area, aspect 3/4-4/3, 10 attempts),
+  falling back to the center crop when no attempt fits, as Flax's and TF's ResNet recipes do."""
+  begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      image_shape, bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed,
+      min_object_covered=0.1, aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0),
+      max_attempts=10, use_image_if_no_bounding_boxes=True)
+  window = tf.stack([begin[0], begin[1], crop_size[0], crop_size[1]])
+  failed = tf.reduce_all(tf.equal(crop_size[:2], image_shape[:2]))
+  return tf.cond(failed, lambda: center_crop_window(image_shape, size), lambda: window)
+
+
+def ten_crops(jpeg: tf.Tensor, size: int) -> tf.Tensor:
+  """The 10-crop test of Krizhevsky et al. used by He et al.: shorter side resized to
+  size * 256/224, the four corner and the center size x size crops, and their mirror images.
+  Returns (10, size, size, 3): crops [corners TL, TR, BL, BR, center], then the same flipped."""
+  image = tf.io.decode_jpeg(jpeg, channels=3)
+  height, width = tf.shape(image)[0], tf.shape(image)[1]
+  resize_short = round(size * 256 / 224)
+  scale = resize_short / tf.cast(tf.minimum(height, width), tf.float32)
+  new_h = tf.maximum(size, tf.cast(tf.round(tf.cast(height, tf.float32) * scale), tf.int32))
+  new_w = tf.maximum(size, tf.cast(tf.round(tf.cast(width, tf.float32) * scale), tf.int32))
+  image = _resize(image, [new_h, new_w])
+  offsets = [(0, 0), (0, new_w - size), (new_h - size, 0), (new_h - size, new_w - size),
+             ((new_h - size) // 2, (new_w - size) // 2)]
+  crops = tf.stack([image[y:y + size, x:x + size] for y, x in offsets])
+  crops = tf.ensure_shape(crops, [5, size, size, 3])
+  return tf.concat([crops, tf.reverse(crops, axis=[2])], axis=0)
+
+
+def imagenet_train_image(jpeg: tf.Tensor, seed: tf.Tensor, size: int, augmentation: str,
+                         spec: DatasetSpec = DATASETS["imagenet2012"]) -> tf.Tensor:
+  """Encoded JPEG -> augmented, normalized (size, size, 3) float32."""
+  crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  shape = tf.io.extract_jpeg_shape(jpeg)
+  if augmentation == "paper":
+    window = paper_crop_window(shape, crop_seed, size)
+  else:
+    window = inception_crop_window(shape, crop_seed, size)
+  image = _random_flip(_decode_window(jpeg, window, size), flip_seed)
+  return tf.ensure_shape(_normalize(image, spec), [size, size, 3])
+
+
+def imagenet_eval_image(jpeg: tf.Tensor, size: int, crop: str,
+                        spec: DatasetSpec = DATASETS["imagenet2012"]) -> tf.Tensor:
+  """Encoded JPEG -> normalized center crop (size, size, 3) or ten crops (10, size, size, 3)."""
+  if crop == "ten_crop":
+    return _normalize(ten_crops(jpeg, size), spec)
+  window = center_crop_window(tf.io.extract_jpeg_shape(jpeg), size)
+  return tf.ensure_shape(_normalize(_decode_window(jpeg, window, size), spec), [size, size, 3])
+
+
+# ----------------------------------------------------------------------------------------------
+# Pipelines.
+
+
+@dataclasses.dataclass(frozen=True)
+class _Preprocessors:
+  train: Callable[[dict, tf.Tensor], tf.Tensor]  # (example, seed) -> image
+  eval: Callable[[dict], tf.Tensor]  # example -> image
+  decoders: dict | None  # TFDS decoders (ImageNet: keep the JPEG bytes).
+
+
+def _preprocessors(config) -> _Preprocessors:
+  name = _dataset_name(config)
+  spec = DATASETS[name]
+  if name == "imagenet2012":
+    size = int(_get(config, "image_size", 224))
+    augmentation = _get(config, "imagenet_train_augmentation", "paper")
+    crop = _get(config, "imagenet_eval_crop", "center")
+    if augmentation not in IMAGENET_TRAIN_AUGMENTATIONS:
+      raise ValueError(f"config.imagenet_train_augmentation={augmentation!r}; choose one of "
+                       f"{IMAGENET_TRAIN_AUGMENTATIONS}.")
+    if crop not in IMAGENET_EVAL_CROPS:
+      raise ValueError(f"config.imagenet_eval_crop={crop!r}; choose one of {IMAGENET_EVAL_CROPS}.")
+    return _Preprocessors(
+        train=lambda ex, seed: imagenet_train_image(ex["image"], seed, size, augmentation, spec),
+        eval=lambda ex: imagenet_eval_image(ex["image"], size, crop, spec),
+        decoders={"image": tfds.decode.SkipDecoding()})
+  return _Preprocessors(
+      train=lambda ex, seed: _normalize(pad_crop_flip(ex["image"], seed, spec.pad), spec),
+      eval=lambda ex: _normalize(ex["image"], spec),
+      decoders=None)
+
+
+def _options() -> tf.data.Options:
+  options = tf.data.Options()
+  options.deterministic = True  # Parallel map and interleave keep their input order.
+  options.experimental_optimization.map_parallelization = True
+  options.threading.max_intra_op_parallelism = 1
+  return options
+
+
+def _read(builder, split, decoders, *, shuffle_seed: int | None) -> tf.data.Dataset:
+  """TFDS records of `split` (file order shuffled by `shuffle_seed` when given), undecoded
+  where `decoders` says so. TFDS's automatic caching is off: we decide what to cache."""
+  read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False)
+  return builder.as_dataset(split=split, shuffle_files=shuffle_seed is not None,
+                            decoders=decoders, read_config=read_config)
+
+
+def create_train_iterator(config, *, start_step: int = 0, process_index=None,
+                          process_count=None) -> Iterator[dict[str, np.ndarray]]:
+  """Endless per-host training batches {'image': float32 (B, H, W, C), 'label': int32 (B,)}.
+
+  B = config.batch_size // process_count. The batch yielded first is batch `start_step` of the
+  stream that start_step=0 yields, for the same config.seed and process layout.
+  """
+  process_index, process_count = _process(process_index, process_count)
+  if start_step < 0:
+    raise ValueError(f"start_step={start_step} must be >= 0.")
+  name = _dataset_name(config)
+  spec = DATASETS[name]
+  info = dataset_info(config)
+  batch = _per_host_batch(config, "batch_size", process_count)
+  preprocess = _preprocessors(config)
+  builder = _prepared_builder(config)
+  split = tfds.split_for_jax_process(info.train_split, process_index=process_index,
+                                     process_count=process_count, drop_remainder=True)
+  num_examples = builder.info.splits[split].num_examples
+  epoch_steps = num_examples // batch
+  if epoch_steps == 0:
+    raise ValueError(f"The per-host batch {batch} is larger than this host's {num_examples} "
+                     f"training examples of {name}; lower config.batch_size.")
+  seed = int(_get(config, "seed", 0))
+  cache = bool(_get(config, "cache", spec.cache))
+  buffer = int(_get(config, "shuffle_buffer_size", num_examples if cache else DEFAULT_SHUFFLE_BUFFER))
+  prefetch = int(_get(config, "prefetch", 2))
+  cached = _read(builder, split, preprocess.decoders, shuffle_seed=None).cache() if cache else None
+
+  def epoch_dataset(epoch: int, skip_examples: int) -> tf.data.Dataset:
+    epoch_seed = _derive_seed(seed, process_index, epoch)
+    records = cached if cache else _read(builder, split, preprocess.decoders,
+                                         shuffle_seed=epoch_seed)
+    records = records.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+    example_key = tf.constant([epoch_seed, 0], tf.int64)
+
+    def augment(position, example):
+      example_seed = tf.random.experimental.stateless_fold_in(example_key, position)
+      return {"image": preprocess.train(example, example_seed),
+              "label": tf.cast(example["label"], tf.int32)}
+
+    ds = records.enumerate().skip(skip_examples)  # Skipped records are never decoded.
+    ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch, drop_remainder=True).prefetch(prefetch)
+    return ds.with_options(_options())
+
+  def batches():
+    epoch, step_in_epoch = divmod(start_step, epoch_steps)
+    while True:
+      yield from epoch_dataset(epoch, step_in_epoch * batch).as_numpy_iterator()
+      epoch, step_in_epoch = epoch + 1, 0
+
+  return batches()
+
+
+def create_eval_iterator(config, *, process_index=None,
+                         process_count=None) -> Iterator[dict[str, np.ndarray]]:
+  """One pass over this host's share of the eval split, in per-host batches of
+  config.eval_batch_size // process_count: {'image', 'label', 'mask'}, mask 1.0 for real examples
+  and 0.0 for padding. All hosts yield the same number of batches; together they cover each
+  example of the split exactly once. ImageNet ten_crop images are (B, 10, H, W, 3)."""
+  process_index, process_count = _process(process_index, process_count)
+  info = dataset_info(config)
+  batch = _per_host_batch(config, "eval_batch_size", process_count)
+  preprocess = _preprocessors(config)
+  builder = _prepared_builder(config)
+  host_splits = tfds.even_splits(info.eval_split, n=process_count, drop_remainder=False)
+  counts = [builder.info.splits[s].num_examples for s in host_splits]
+  num_batches = math.ceil(max(counts) / batch)
+  num_padding = num_batches * batch - counts[process_index]
+
+  def prepare(example):
+    return {"image": preprocess.eval(example), "label": tf.cast(example["label"], tf.int32),
+            "mask": tf.constant(1.0, tf.float32)}
+
+  ds = _read(builder, host_splits[process_index], preprocess.decoders, shuffle_seed=None)
+  ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+  padding = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), ds.element_spec)
+  ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat(num_padding))
+  ds = ds.batch(batch, drop_remainder=True).prefetch(int(_get(config, "prefetch", 2)))
+  return ds.with_options(_options()).as_numpy_iterator()
