@@ -82,13 +82,15 @@ def test_fashion_mnist_info():
 
 
 def test_fashion_mnist_train_stream_is_deterministic_and_resumable(fashion_mnist_data_dir):
-  # 60,000 // 8,192 = 7 steps per epoch: steps 5..8 cross into the second epoch.
+  # Host 1 of 4 reads 15,000 examples in per-host batches of 2,048: 7 steps per epoch, so steps
+  # 5..8 cross into the second epoch.
   config = _config(dataset="fashion_mnist", data_dir=fashion_mnist_data_dir, batch_size=8192,
                    seed=7)
-  stream = _take(ip.create_train_iterator(config, process_index=0, process_count=1), 9)
+  host = dict(process_index=1, process_count=4)
+  stream = _take(ip.create_train_iterator(config, **host), 9)
   for batch in stream:
-    assert batch["image"].shape == (8192, 28, 28, 1) and batch["image"].dtype == np.float32
-    assert batch["label"].shape == (8192,) and batch["label"].dtype == np.int32
+    assert batch["image"].shape == (2048, 28, 28, 1) and batch["image"].dtype == np.float32
+    assert batch["label"].shape == (2048,) and batch["label"].dtype == np.int32
     assert batch["label"].min() >= 0 and batch["label"].max() < 10
     assert np.isfinite(batch["image"]).all()
   # Normalized pixels lie between (0 - mean) / std and (1 - mean) / std.
@@ -96,16 +98,14 @@ def test_fashion_mnist_train_stream_is_deterministic_and_resumable(fashion_mnist
   highest = (1 - ip.FASHION_MNIST_MEAN[0]) / ip.FASHION_MNIST_STD[0]
   assert stream[0]["image"].min() == pytest.approx(lowest, abs=1e-5)
   assert stream[0]["image"].max() <= highest + 1e-5
-  # Each epoch visits 57,344 distinct examples in a new order: the label sequences differ.
+  # Each epoch visits the host's examples in a new order: the label sequences differ.
   assert not np.array_equal(stream[0]["label"], stream[7]["label"])
 
-  again = _take(ip.create_train_iterator(config, process_index=0, process_count=1), 9)
+  again = _take(ip.create_train_iterator(config, **host), 9)
   _assert_same_batches(stream, again)
-  resumed = _take(ip.create_train_iterator(config, start_step=5, process_index=0,
-                                           process_count=1), 4)
+  resumed = _take(ip.create_train_iterator(config, start_step=5, **host), 4)
   _assert_same_batches(stream[5:9], resumed)
-  other_seed = next(ip.create_train_iterator(_config(**{**config.to_dict(), "seed": 8}),
-                                             process_index=0, process_count=1))
+  other_seed = next(ip.create_train_iterator(_config(**{**config.to_dict(), "seed": 8}), **host))
   assert not np.array_equal(other_seed["image"], stream[0]["image"])
 
 
