@@ -39,3 +39,15 @@ from flax_resnet.models import (
 from flax_resnet.model_summary import count_macs, count_params, summary
 
 __version__ = "0.1.0"
+
+# Imported on first use, so that `import flax_resnet` stays light (no orbax, no TensorFlow).
+_LAZY = {
+    "train_and_evaluate": "flax_resnet.trainer",
+}
+
+
+def __getattr__(name):
+  if name in _LAZY:
+    import importlib
+    return getattr(importlib.import_module(_LAZY[name]), name)
+  raise AttributeError(f"module 'flax_resnet' has no attribute {name!r}")

@@ -67,6 +67,10 @@ class Reporter:
       self._writer.write_scalars(int(step), {k: v for k, v in record.items()
                                              if k != "step" and isinstance(v, float)})
 
+  def restart_clock(self, step: int) -> None:
+    """Leaves time spent before now (compilation, evaluation) out of images/second."""
+    self._mark = (step, time.perf_counter())
+
   def progress(self, step: int, metrics: dict[str, Any]) -> float:
     """Prints the progress line; returns images/second since the last call."""
     last_step, last_time = self._mark

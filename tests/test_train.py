@@ -1,0 +1,246 @@
+"""Training: train.py end to end, data parallelism, schedules, checkpoints, config errors."""
+
+import functools
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default
+from flax_resnet import create_model, optim
+from flax_resnet.checkpointing import Checkpointer
+from flax_resnet.parallel import DataParallel
+from flax_resnet.train_step import AXIS, create_train_state, train_step
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICK = ["--config.num_train_steps=24", "--config.log_every_steps=8",
+         "--config.eval_every_steps=12", "--config.checkpoint_every_steps=12",
+         "--config.batch_size=64", "--config.eval_batch_size=1000"]
+
+
+def run_train(workdir, data_dir, *flags, devices=8):
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  cmd = [sys.executable, "train.py", "--config=configs/fashion_mnist.py",
+         f"--workdir={workdir}", f"--config.data_dir={data_dir}", *flags]
+  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def records(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_train_py_end_to_end_and_resume(tmp_path, fashion_mnist_data_dir):
+  workdir = tmp_path / "run"
+  first = run_train(workdir, fashion_mnist_data_dir, *QUICK)
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert "starting afresh" in first.stdout
+  assert "step 24/24" in first.stdout and "img/s" in first.stdout and "ETA" in first.stdout
+  lines = records(workdir)
+  assert [r["step"] for r in lines if "train_loss" in r] == [8, 16, 24]
+  evals = [r for r in lines if "eval_accuracy" in r]
+  assert [r["step"] for r in evals] == [12, 24]
+  assert all(r["eval_examples"] == 10_000 for r in evals)  # the whole test split, once
+  assert all(0 <= r["eval_accuracy"] <= r["eval_top5_accuracy"] <= 1 for r in evals)
+  assert all("learning_rate" in r for r in lines if "train_loss" in r)
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["12", "24"]
+  assert (workdir / "curves.png").stat().st_size > 10_000
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
+
+  # Again with a longer schedule on the same workdir: resumes at 24, not from scratch.
+  longer = [f for f in QUICK if "num_train_steps" not in f] + ["--config.num_train_steps=36"]
+  second = run_train(workdir, fashion_mnist_data_dir, *longer)
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert "resuming at step 24" in second.stdout
+  steps = [r["step"] for r in records(workdir) if "train_loss" in r]
+  assert steps == [8, 16, 24, 32, 36]
+  assert "36" in os.listdir(workdir / "checkpoints")
+
+
+def test_bad_config_is_one_message_without_traceback(tmp_path, fashion_mnist_data_dir):
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "keep.txt").write_text("untouched")
+  result = run_train(workdir, fashion_mnist_data_dir, "--config.batch_size=100")
+  assert result.returncode == 1
+  assert "error: batch_size=100 does not divide over the 8 devices" in result.stderr
+  assert "Traceback" not in result.stderr
+  assert sorted(os.listdir(workdir)) == ["keep.txt"]
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("batch_size", 100, "does not divide over the 8 devices"),
+    ("eval_batch_size", 12, "eval_batch_size=12 does not divide"),
+    ("model", "resnet51", "unknown model 'resnet51'"),
+    ("dataset", "mnist", "unknown dataset 'mnist'"),
+    ("lr_schedule", "linear", "lr_schedule"),
+    ("num_epochs", 0, "num_epochs or config.num_train_steps"),
+])
+def test_bad_config_leaves_workdir_untouched(tmp_path, fashion_mnist_data_dir, field, value,
+                                             message):
+  from configs import fashion_mnist
+  from flax_resnet import train_and_evaluate
+  config = fashion_mnist.get_config()
+  config.data_dir = fashion_mnist_data_dir
+  config[field] = value
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "keep.txt").write_text("untouched")
+  with pytest.raises(ValueError, match=message):
+    train_and_evaluate(config, str(workdir))
+  assert sorted(os.listdir(workdir)) == ["keep.txt"]
+
+
+def test_typo_in_config_field_is_named(tmp_path):
+  from flax_resnet.config_check import ConfigError, check_config
+  config = default.get_config()
+  config.unlock()
+  config.weight_decai = 1e-4
+  with pytest.raises(ConfigError, match="'weight_decai' \\(did you mean 'weight_decay'\\?\\)"):
+    check_config(config)
+
+
+def test_default_config_sets_every_field():
+  from flax_resnet.config_check import FIELDS, check_config
+  assert set(default.get_config().keys()) == FIELDS
+  for name in os.listdir(os.path.join(ROOT, "configs")):
+    if name.endswith(".py") and name != "__init__.py":
+      module = __import__(f"configs.{name[:-3]}", fromlist=["get_config"])
+      check_config(module.get_config())
+
+
+# --- the data-parallel step -----------------------------------------------------------------
+
+def _setup(batch_size=16):
+  config = default.get_config()
+  config.batch_size = batch_size
+  config.lr_reference_batch_size = 0
+  lr = optim.create_learning_rate_fn(config, 10, 100)
+  tx = optim.create_optimizer(config, lr)
+  model = create_model("cifar_resnet20", num_classes=10, widths=(8, 16, 16), axis_name=AXIS)
+  state = create_train_state(model, tx, (16, 16, 3), jax.random.key(0))
+  step = functools.partial(train_step, model=model, tx=tx, learning_rate_fn=lr, num_classes=10)
+  rng = np.random.default_rng(0)
+  batches = [dict(image=rng.normal(size=(batch_size, 16, 16, 3)).astype(np.float32),
+                  label=rng.integers(0, 10, batch_size).astype(np.int32)) for _ in range(3)]
+  return state, step, batches
+
+
+def _train(mode, devices, state, step, batches):
+  parallel = DataParallel(mode, devices)
+  mapped = parallel.map_step(step)
+  state = parallel.put_state(state)
+  for batch in batches:
+    state, metrics = mapped(state, parallel.put_batch(batch))
+  return jax.device_get(parallel.get_state(state)), parallel.get_metrics(metrics)
+
+
+def test_eight_devices_equal_one_device_bn_statistics_included():
+  state, step, batches = _setup()
+  one, m1 = _train("shard_map", jax.devices()[:1], state, step, batches)
+  eight, m8 = _train("shard_map", jax.devices(), state, step, batches)
+  assert int(eight.step) == 3
+  close = functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-5)
+  jax.tree.map(close, eight.params, one.params)
+  jax.tree.map(close, eight.batch_stats, one.batch_stats)
+  close(m8["train_loss"], m1["train_loss"])
+  # and training moved the parameters at all
+  assert not np.allclose(one.params["fc"]["kernel"], state.params["fc"]["kernel"])
+
+
+def test_pmap_and_shard_map_give_the_same_step():
+  state, step, batches = _setup()
+  a, _ = _train("shard_map", jax.devices(), state, step, batches)
+  b, _ = _train("pmap", jax.devices(), state, step, batches)
+  close = functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6)
+  jax.tree.map(close, a.params, b.params)
+  jax.tree.map(close, a.batch_stats, b.batch_stats)
+  jax.tree.map(close, a.opt_state, b.opt_state)
+
+
+def test_checkpoint_from_eight_devices_restores_on_one(tmp_path):
+  state, step, batches = _setup()
+  parallel8 = DataParallel("shard_map", jax.devices())
+  mapped = parallel8.map_step(step)
+  live = parallel8.put_state(state)
+  live, _ = mapped(live, parallel8.put_batch(batches[0]))
+  ckpt = Checkpointer(str(tmp_path), keep=2)
+  ckpt.save(1, parallel8.get_state(live), {"model": "x"})
+  ckpt.wait()
+  ckpt.close()
+
+  parallel1 = DataParallel("pmap", jax.devices()[:1])
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+      x.shape, x.dtype, sharding=parallel1.replicated_sharding()), state)
+  restored, meta = Checkpointer(str(tmp_path)).restore_latest(target)
+  assert meta == {"model": "x"}
+  assert restored.params["fc"]["kernel"].sharding.device_set == {jax.devices()[0]}
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored),
+               jax.device_get(parallel8.get_state(live)))
+  # the restored state trains on, in the other mode, on 1 device
+  one = parallel1.map_step(step)
+  after, _ = one(parallel1.put_state(restored), parallel1.put_batch(batches[1]))
+  assert int(parallel1.get_state(after).step) == 2
+
+
+# --- schedules and weight decay -------------------------------------------------------------
+
+def test_paper_step_schedule_and_linear_scaling():
+  config = default.get_config()
+  config.batch_size = 1024
+  lr = optim.create_learning_rate_fn(config, steps_per_epoch=100, num_train_steps=9000)
+  assert lr(0) == pytest.approx(0.4)              # 0.1 x 1024 / 256
+  assert lr(2999) == pytest.approx(0.4)
+  assert lr(3000) == pytest.approx(0.04)          # epoch 30
+  assert lr(6000) == pytest.approx(0.004)         # epoch 60
+
+
+def test_cifar_resnet110_constant_warmup_then_steps():
+  from configs import cifar_resnet110
+  config = cifar_resnet110.get_config()
+  lr = optim.create_learning_rate_fn(config, steps_per_epoch=390, num_train_steps=64_000)
+  assert lr(0) == pytest.approx(0.01) and lr(399) == pytest.approx(0.01)
+  assert lr(400) == pytest.approx(0.1)
+  assert lr(31_999) == pytest.approx(0.1)
+  assert lr(32_000) == pytest.approx(0.01)
+  assert lr(48_000) == pytest.approx(0.001)
+
+
+def test_cosine_with_linear_warmup():
+  config = default.get_config()
+  config.lr_schedule, config.warmup_epochs, config.batch_size = "cosine", 5, 256
+  lr = optim.create_learning_rate_fn(config, steps_per_epoch=10, num_train_steps=100)
+  assert lr(0) == 0 and lr(25) == pytest.approx(0.05)
+  assert lr(50) == pytest.approx(0.1)
+  assert lr(100) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_weight_decay_only_on_kernels_by_default():
+  params = {"conv": {"kernel": jnp.ones(2)}, "bn": {"scale": jnp.ones(2), "bias": jnp.ones(2)},
+            "fc": {"kernel": jnp.ones(2), "bias": jnp.ones(2)}}
+  mask = optim.weight_decay_mask(params, "kernels")
+  assert mask == {"conv": {"kernel": True}, "bn": {"scale": False, "bias": False},
+                  "fc": {"kernel": True, "bias": False}}
+  assert all(jax.tree.leaves(optim.weight_decay_mask(params, "all")))
+
+
+def test_plot_overlay_command(tmp_path):
+  for name, acc in (("plain", 0.8), ("resnet", 0.9)):
+    d = tmp_path / name
+    d.mkdir()
+    with open(d / "metrics.jsonl", "w") as f:
+      for step in (10, 20):
+        f.write(json.dumps({"step": step, "train_loss": 1.0 / step, "train_accuracy": acc,
+                            "learning_rate": 0.1}) + "\n")
+        f.write(json.dumps({"step": step, "eval_loss": 2.0 / step, "eval_accuracy": acc}) + "\n")
+  out = tmp_path / "cmp.png"
+  result = subprocess.run([sys.executable, "-m", "flax_resnet.plotting", str(tmp_path / "plain"),
+                           str(tmp_path / "resnet"), f"--out={out}"], cwd=ROOT,
+                          capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr
+  assert out.stat().st_size > 10_000
