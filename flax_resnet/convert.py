@@ -230,6 +230,7 @@ def to_torchvision(variables: Mapping, model_name: str) -> dict[str, np.ndarray]
       state[name] = np.array(0, np.int64)
     else:
       key, kind, _ = entry
-      state[name] = np.ascontiguousarray(
-          _to_torch_layout(kind, np.asarray(flat[key], np.float32)))
+      # A writable C-order copy: torch.from_numpy shares (and may write) its memory.
+      state[name] = np.array(_to_torch_layout(kind, np.asarray(flat[key], np.float32)),
+                             np.float32, order="C")
   return state

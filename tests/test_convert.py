@@ -82,6 +82,7 @@ def test_state_dict_has_torchvision_names_and_shapes(name, stage_sizes, bottlene
   assert state["layer4.1.bn2.num_batches_tracked"].dtype == np.int64
   assert state["layer4.1.bn2.num_batches_tracked"].shape == ()
   assert all(v.dtype == np.float32 for k, v in state.items() if "num_batches" not in k)
+  assert all(v.flags.writeable and v.flags.c_contiguous for v in state.values())
   assert list(state)[:6] == ["conv1.weight", "bn1.weight", "bn1.bias", "bn1.running_mean",
                              "bn1.running_var", "bn1.num_batches_tracked"]
 
@@ -204,7 +205,9 @@ def torch_reference_logits(state, images_nchw, stage_sizes, bottleneck):
 
 
 def flax_logits(model, variables, images_nchw):
-  return np.asarray(jax.jit(model.apply)(variables, jnp.transpose(images_nchw, (0, 2, 3, 1))))
+  # Full float32 matmuls and convolutions also on GPUs, whose default may be TF32.
+  with jax.default_matmul_precision("highest"):
+    return np.asarray(jax.jit(model.apply)(variables, jnp.transpose(images_nchw, (0, 2, 3, 1))))
 
 
 @pytest.mark.parametrize("name,stage_sizes,bottleneck", [
