@@ -210,15 +210,23 @@ def _random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
   return tf.cond(flip, lambda: tf.reverse(image, axis=[-2]), lambda: image)
 
 
-def pad_crop_flip(image: tf.Tensor, seed: tf.Tensor, pad: int) -> tf.Tensor:
-  """The CIFAR augmentation of He et al.: zero-pad `pad` pixels, random crop of the original size,
-  random horizontal flip. Padding is on the raw image (black), as torchvision's RandomCrop."""
-  height, width, channels = image.shape
+def pad_crop_flip(images: tf.Tensor, seed: tf.Tensor, pad: int) -> tf.Tensor:
+  """The CIFAR augmentation of He et al. on a batch (N, H, W, C): zero-pad `pad` pixels, crop
+  H x W at a random offset, flip horizontally with probability 1/2, independently per image.
+  Padding is on the raw image (black), as torchvision's RandomCrop. Crop and flip are one
+  gather per axis, so a whole batch costs a few vectorized ops."""
+  height, width = images.shape[1], images.shape[2]
+  count = tf.shape(images)[0]
   crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-  padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
-  offset = tf.random.stateless_uniform([2], crop_seed, 0, 2 * pad + 1, dtype=tf.int32)
-  cropped = tf.slice(padded, [offset[0], offset[1], 0], [height, width, channels])
-  return _random_flip(cropped, flip_seed)
+  offsets = tf.random.stateless_uniform(tf.stack([count, 2]), crop_seed, 0, 2 * pad + 1,
+                                        dtype=tf.int32)
+  flips = tf.random.stateless_uniform(tf.expand_dims(count, 0), flip_seed) < 0.5
+  padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+  rows = offsets[:, :1] + tf.range(height)[None]
+  cols = offsets[:, 1:] + tf.where(flips[:, None], tf.range(width - 1, -1, -1)[None],
+                                   tf.range(width)[None])
+  cropped = tf.gather(padded, rows, axis=1, batch_dims=1)
+  return tf.gather(cropped, cols, axis=2, batch_dims=1)
 
 
 def _resize(image: tf.Tensor, size) -> tf.Tensor:
@@ -323,6 +331,7 @@ class _Preprocessors:
   train: Callable[[dict, tf.Tensor], tf.Tensor]  # (example, seed) -> image
   eval: Callable[[dict], tf.Tensor]  # example -> image
   decoders: dict | None  # TFDS decoders (ImageNet: keep the JPEG bytes).
+  train_batch: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None  # (images, seed) -> images
 
 
 def _preprocessors(config) -> _Preprocessors:
@@ -341,10 +350,13 @@ def _preprocessors(config) -> _Preprocessors:
         train=lambda ex, seed: imagenet_train_image(ex["image"], seed, size, augmentation, spec),
         eval=lambda ex: imagenet_eval_image(ex["image"], size, crop, spec),
         decoders={"image": tfds.decode.SkipDecoding()})
+  # Batches and single images alike: pad_crop_flip and _normalize are batched.
   return _Preprocessors(
-      train=lambda ex, seed: _normalize(pad_crop_flip(ex["image"], seed, spec.pad), spec),
+      train=lambda ex, seed: _normalize(
+          pad_crop_flip(ex["image"][None], seed, spec.pad)[0], spec),
       eval=lambda ex: _normalize(ex["image"], spec),
-      decoders=None)
+      decoders=None,
+      train_batch=lambda images, seed: _normalize(pad_crop_flip(images, seed, spec.pad), spec))
 
 
 def _options() -> tf.data.Options:
@@ -369,15 +381,21 @@ def create_train_iterator(config, *, start_step: int = 0, process_index=None,
 
   B = config.batch_size // process_count. The batch yielded first is batch `start_step` of the
   stream that start_step=0 yields, for the same config.seed and process layout.
+  config.cache (default: True for CIFAR-10 and Fashion-MNIST) holds the host's decoded split in
+  memory and draws each epoch as an exact random permutation; otherwise examples stream from the
+  TFDS files with a per-epoch file order and a shuffle buffer of config.shuffle_buffer_size.
   """
   process_index, process_count = _process(process_index, process_count)
   if start_step < 0:
     raise ValueError(f"start_step={start_step} must be >= 0.")
   name = _dataset_name(config)
-  spec = DATASETS[name]
   info = dataset_info(config)
   batch = _per_host_batch(config, "batch_size", process_count)
   preprocess = _preprocessors(config)
+  cache = bool(_get(config, "cache", DATASETS[name].cache))
+  if cache and preprocess.train_batch is None:
+    raise ValueError(f"config.cache=True keeps the decoded training split in host memory, which "
+                     f"{name} does not fit; set config.cache=False.")
   builder = _prepared_builder(config)
   split = tfds.split_for_jax_process(info.train_split, process_index=process_index,
                                      process_count=process_count, drop_remainder=True)
@@ -386,28 +404,50 @@ def create_train_iterator(config, *, start_step: int = 0, process_index=None,
   if epoch_steps == 0:
     raise ValueError(f"The per-host batch {batch} is larger than this host's {num_examples} "
                      f"training examples of {name}; lower config.batch_size.")
-  seed = int(_get(config, "seed", 0))
-  cache = bool(_get(config, "cache", spec.cache))
-  buffer = int(_get(config, "shuffle_buffer_size", num_examples if cache else DEFAULT_SHUFFLE_BUFFER))
+  host_seed = _derive_seed(int(_get(config, "seed", 0)), process_index)
   prefetch = int(_get(config, "prefetch", 2))
-  cached = _read(builder, split, preprocess.decoders, shuffle_seed=None).cache() if cache else None
+
+  def finish(ds: tf.data.Dataset) -> tf.data.Dataset:
+    return ds.batch(batch, drop_remainder=True).prefetch(prefetch).with_options(_options())
+
+  def augment(example, example_seed):
+    return {"image": preprocess.train(example, example_seed),
+            "label": tf.cast(example["label"], tf.int32)}
+
+  if cache:
+    examples = _in_memory(builder, split)
+
+    def batch_at(step):
+      # Epoch e is the permutation index_shuffle(., key(seed, host, e)) of the host's examples;
+      # the batch's augmentation is keyed on the step. Nothing depends on earlier steps.
+      epoch = step // epoch_steps
+      positions = (step - epoch * epoch_steps) * batch + tf.range(batch, dtype=tf.int64)
+      epoch_key = tf.random.experimental.stateless_fold_in(
+          tf.constant([host_seed, 0], tf.int64), epoch)
+      order_key, augment_key = tf.unstack(tf.random.experimental.stateless_split(epoch_key, 2))
+      indices = tf.random.experimental.index_shuffle(
+          positions, order_key, tf.constant(num_examples - 1, tf.int64))
+      images = tf.gather(examples["image"], indices)
+      return {"image": preprocess.train_batch(
+                  images, tf.random.experimental.stateless_fold_in(augment_key, step)),
+              "label": tf.cast(tf.gather(examples["label"], indices), tf.int32)}
+
+    steps = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
+    ds = steps.map(batch_at, num_parallel_calls=tf.data.AUTOTUNE).prefetch(prefetch)
+    return ds.with_options(_options()).as_numpy_iterator()
+
+  buffer = int(_get(config, "shuffle_buffer_size", DEFAULT_SHUFFLE_BUFFER))
 
   def epoch_dataset(epoch: int, skip_examples: int) -> tf.data.Dataset:
-    epoch_seed = _derive_seed(seed, process_index, epoch)
-    records = cached if cache else _read(builder, split, preprocess.decoders,
-                                         shuffle_seed=epoch_seed)
+    epoch_seed = _derive_seed(host_seed, epoch)
+    records = _read(builder, split, preprocess.decoders, shuffle_seed=epoch_seed)
     records = records.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
     example_key = tf.constant([epoch_seed, 0], tf.int64)
-
-    def augment(position, example):
-      example_seed = tf.random.experimental.stateless_fold_in(example_key, position)
-      return {"image": preprocess.train(example, example_seed),
-              "label": tf.cast(example["label"], tf.int32)}
-
     ds = records.enumerate().skip(skip_examples)  # Skipped records are never decoded.
-    ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(batch, drop_remainder=True).prefetch(prefetch)
-    return ds.with_options(_options())
+    ds = ds.map(lambda position, example: augment(
+        example, tf.random.experimental.stateless_fold_in(example_key, position)),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    return finish(ds)
 
   def batches():
     epoch, step_in_epoch = divmod(start_step, epoch_steps)
@@ -416,6 +456,15 @@ def create_train_iterator(config, *, start_step: int = 0, process_index=None,
       epoch, step_in_epoch = epoch + 1, 0
 
   return batches()
+
+
+def _in_memory(builder, split) -> dict[str, tf.Variable]:
+  """The whole decoded split as host-memory variables, for random access by index inside tf.data
+  (a variable is captured by reference; a constant would be copied into every traced graph)."""
+  arrays = tfds.as_numpy(_read(builder, split, None, shuffle_seed=None).batch(
+      builder.info.splits[split].num_examples).get_single_element())
+  with tf.device("/cpu:0"):
+    return {key: tf.Variable(arrays[key], trainable=False) for key in ("image", "label")}
 
 
 def create_eval_iterator(config, *, process_index=None,

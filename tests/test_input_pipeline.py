@@ -133,7 +133,8 @@ FAKE_SPLITS = {
 
 def _fake_example(name, index, decoders):
   """Deterministic example `index`. ImageNet: a JPEG of varying size, label = index (an id);
-  CIFAR-10: a random image whose first two pixels' red values spell the index."""
+  CIFAR-10: red and green spell the index (index % 256, index // 256) in every pixel, blue is
+  random."""
   seed = tf.stack([index, tf.constant(17, tf.int64)])
   if name == "imagenet2012":
     height, width = 48 + index % 41, 64 + (index * 13) % 57
@@ -141,9 +142,9 @@ def _fake_example(name, index, decoders):
     jpeg = tf.io.encode_jpeg(tf.cast(image, tf.uint8))
     image = jpeg if decoders and "image" in decoders else tf.io.decode_jpeg(jpeg, channels=3)
     return {"image": image, "label": index}
-  image = tf.random.stateless_uniform([32, 32, 3], seed, 0, 256, tf.int32)
-  ids = tf.stack([index % 256, index // 256])
-  image = tf.tensor_scatter_nd_update(image, [[0, 0, 0], [0, 1, 0]], tf.cast(ids, tf.int32))
+  blue = tf.random.stateless_uniform([32, 32, 1], seed, 0, 256, tf.int32)
+  ids = tf.cast(tf.stack([index % 256, index // 256]), tf.int32)
+  image = tf.concat([tf.broadcast_to(ids, [32, 32, 2]), blue], axis=-1)
   return {"image": tf.cast(image, tf.uint8), "label": index % 10}
 
 
@@ -260,35 +261,46 @@ def _denormalize_cifar(images):
   return np.round((images * std + mean) * 255).astype(np.int64)
 
 
-def test_cifar_train_is_pad_crop_flip_of_the_source(fake_tfds):
-  config = _config(dataset="cifar10", data_dir=fake_tfds, batch_size=64, seed=3,
+def _cifar_ids(images):
+  """Example ids of denormalized CIFAR fakes, read at the center (inside any 4-pixel shift)."""
+  return images[:, 16, 16, 0] + 256 * images[:, 16, 16, 1]
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_cifar_train_is_pad_crop_flip_of_the_source(fake_tfds, cache):
+  # Host 3 of 8 (6,250 of the 50,000 fake examples), per-host batch 64.
+  config = _config(dataset="cifar10", data_dir=fake_tfds, batch_size=512, seed=3, cache=cache,
                    shuffle_buffer_size=256)
-  batch = next(ip.create_train_iterator(config, process_index=0, process_count=1))
+  host = dict(process_index=3, process_count=8)
+  batches = _take(ip.create_train_iterator(config, **host), 2)
+  batch = batches[0]
   assert batch["image"].shape == (64, 32, 32, 3) and batch["image"].dtype == np.float32
-  assert batch["label"].min() >= 0 and batch["label"].max() < 10
+  assert batch["label"].dtype == np.int32
+  images = _denormalize_cifar(batch["image"])
+  ids = _cifar_ids(images)
+  np.testing.assert_array_equal(batch["label"], ids % 10)
+  assert len(set(ids.tolist())) == 64  # A batch holds 64 distinct examples of this host's slice.
+  assert ids.min() >= 3 * 6250 and ids.max() < 4 * 6250
   shifts = []
-  for image, label in zip(_denormalize_cifar(batch["image"][:8]), batch["label"][:8]):
-    matches = []
-    # Find the source among all fake examples near the start of the shuffled stream.
-    for index in range(label, 320, 10):
-      padded = np.pad(_cifar_source(index), [(4, 4), (4, 4), (0, 0)])
-      for dy in range(9):
-        for dx in range(9):
-          crop = padded[dy:dy + 32, dx:dx + 32]
-          if np.array_equal(image, crop) or np.array_equal(image, crop[:, ::-1]):
-            matches.append((dy, dx))
+  for image, index in zip(images[:16], ids[:16]):
+    padded = np.pad(_cifar_source(index), [(4, 4), (4, 4), (0, 0)])
+    matches = [(dy, dx, flip) for dy in range(9) for dx in range(9) for flip in (False, True)
+               if np.array_equal(image, padded[dy:dy + 32, dx:dx + 32][:, ::-1 if flip else 1])]
     assert len(matches) == 1
     shifts.append(matches[0])
-  assert len(set(shifts)) > 1  # The crop offsets are random.
+  assert len(set(shifts)) > 4  # Offsets and flips are random.
+  resumed = next(ip.create_train_iterator(config, start_step=1, **host))
+  _assert_same_batches(batches[1:], [resumed])
 
 
 def test_cifar_eval_is_the_original_image(fake_tfds):
   config = _config(dataset="cifar10", data_dir=fake_tfds, batch_size=16)
   batches = list(ip.create_eval_iterator(config, process_index=0, process_count=1))
   assert len(batches) == 2 and batches[-1]["mask"].sum() == 14
-  images = _denormalize_cifar(np.concatenate([b["image"] for b in batches])[:30])
+  images = _denormalize_cifar(np.concatenate([b["image"] for b in batches]))
   for index in range(30):
     np.testing.assert_array_equal(images[index], _cifar_source(index))
+  assert (images[30:] == _denormalize_cifar(np.zeros(3))).all()  # Padding: zeros after scaling.
 
 
 def test_cifar_validation_split_holds_out_last_5000(fake_tfds):
@@ -299,8 +311,7 @@ def test_cifar_validation_split_holds_out_last_5000(fake_tfds):
   ids = []
   for process in range(2):
     for batch in ip.create_eval_iterator(config, process_index=process, process_count=2):
-      pixels = _denormalize_cifar(batch["image"][batch["mask"] == 1])
-      ids.extend((pixels[:, 0, 0, 0] + 256 * pixels[:, 0, 1, 0]).tolist())
+      ids.extend(_cifar_ids(_denormalize_cifar(batch["image"][batch["mask"] == 1])).tolist())
   assert sorted(ids) == list(range(45000, 50000))
 
 
@@ -323,6 +334,12 @@ def test_imagenet_without_manual_download(tmp_path):
   config = _config(dataset="imagenet2012", data_dir=str(tmp_path), batch_size=8)
   with pytest.raises(FileNotFoundError, match="ILSVRC2012_img_train.tar.*tfds build imagenet2012"):
     ip.create_eval_iterator(config, process_index=0, process_count=1)
+
+
+def test_imagenet_does_not_fit_in_memory(fake_tfds):
+  config = _config(dataset="imagenet2012", data_dir=fake_tfds, batch_size=4, cache=True)
+  with pytest.raises(ValueError, match="set config.cache=False"):
+    ip.create_train_iterator(config, process_index=0, process_count=1)
 
 
 def test_fashion_mnist_source_dir_without_idx_files(tmp_path):
