@@ -400,62 +400,53 @@ def create_train_iterator(config, *, start_step: int = 0, process_index=None,
   split = tfds.split_for_jax_process(info.train_split, process_index=process_index,
                                      process_count=process_count, drop_remainder=True)
   num_examples = builder.info.splits[split].num_examples
-  epoch_steps = num_examples // batch
-  if epoch_steps == 0:
+  if num_examples < batch:
     raise ValueError(f"The per-host batch {batch} is larger than this host's {num_examples} "
                      f"training examples of {name}; lower config.batch_size.")
   host_seed = _derive_seed(int(_get(config, "seed", 0)), process_index)
   prefetch = int(_get(config, "prefetch", 2))
-
-  def finish(ds: tf.data.Dataset) -> tf.data.Dataset:
-    return ds.batch(batch, drop_remainder=True).prefetch(prefetch).with_options(_options())
-
-  def augment(example, example_seed):
-    return {"image": preprocess.train(example, example_seed),
-            "label": tf.cast(example["label"], tf.int32)}
-
   if cache:
-    examples = _in_memory(builder, split)
-
-    def batch_at(step):
-      # Epoch e is the permutation index_shuffle(., key(seed, host, e)) of the host's examples;
-      # the batch's augmentation is keyed on the step. Nothing depends on earlier steps.
-      epoch = step // epoch_steps
-      positions = (step - epoch * epoch_steps) * batch + tf.range(batch, dtype=tf.int64)
-      epoch_key = tf.random.experimental.stateless_fold_in(
-          tf.constant([host_seed, 0], tf.int64), epoch)
-      order_key, augment_key = tf.unstack(tf.random.experimental.stateless_split(epoch_key, 2))
-      indices = tf.random.experimental.index_shuffle(
-          positions, order_key, tf.constant(num_examples - 1, tf.int64))
-      images = tf.gather(examples["image"], indices)
-      return {"image": preprocess.train_batch(
-                  images, tf.random.experimental.stateless_fold_in(augment_key, step)),
-              "label": tf.cast(tf.gather(examples["label"], indices), tf.int32)}
-
-    steps = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
-    ds = steps.map(batch_at, num_parallel_calls=tf.data.AUTOTUNE).prefetch(prefetch)
-    return ds.with_options(_options()).as_numpy_iterator()
-
+    ds = _in_memory_train_dataset(builder, split, preprocess, host_seed, batch, start_step)
+    return ds.prefetch(prefetch).with_options(_options()).as_numpy_iterator()
   buffer = int(_get(config, "shuffle_buffer_size", DEFAULT_SHUFFLE_BUFFER))
 
-  def epoch_dataset(epoch: int, skip_examples: int) -> tf.data.Dataset:
-    epoch_seed = _derive_seed(host_seed, epoch)
-    records = _read(builder, split, preprocess.decoders, shuffle_seed=epoch_seed)
-    records = records.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
-    example_key = tf.constant([epoch_seed, 0], tf.int64)
-    ds = records.enumerate().skip(skip_examples)  # Skipped records are never decoded.
-    ds = ds.map(lambda position, example: augment(
-        example, tf.random.experimental.stateless_fold_in(example_key, position)),
-                num_parallel_calls=tf.data.AUTOTUNE)
-    return finish(ds)
-
   def batches():
-    epoch, step_in_epoch = divmod(start_step, epoch_steps)
+    epoch, step_in_epoch = divmod(start_step, num_examples // batch)
     while True:
-      yield from epoch_dataset(epoch, step_in_epoch * batch).as_numpy_iterator()
+      ds = _streamed_epoch_dataset(builder, split, preprocess, _derive_seed(host_seed, epoch),
+                                   buffer, batch, skip=step_in_epoch * batch)
+      yield from ds.prefetch(prefetch).with_options(_options()).as_numpy_iterator()
       epoch, step_in_epoch = epoch + 1, 0
 
   return batches()
+
+
+def _in_memory_train_dataset(builder, split, preprocess: _Preprocessors, host_seed: int,
+                             batch: int, start_step: int) -> tf.data.Dataset:
+  """Endless batches from the decoded split held in memory, starting at `start_step`.
+
+  Epoch e is the permutation index_shuffle(., key(host_seed, e)) of the examples, and a batch's
+  augmentation is keyed on its step, so batch k is computed directly, without steps before it.
+  """
+  num_examples = builder.info.splits[split].num_examples
+  epoch_steps = num_examples // batch
+  examples = _in_memory(builder, split)
+  host_key = tf.constant([host_seed, 0], tf.int64)
+
+  def batch_at(step):
+    epoch = step // epoch_steps
+    positions = (step - epoch * epoch_steps) * batch + tf.range(batch, dtype=tf.int64)
+    epoch_key = tf.random.experimental.stateless_fold_in(host_key, epoch)
+    order_key, augment_key = tf.unstack(tf.random.experimental.stateless_split(epoch_key, 2))
+    indices = tf.random.experimental.index_shuffle(
+        positions, order_key, tf.constant(num_examples - 1, tf.int64))
+    images = tf.gather(examples["image"], indices)
+    augment_seed = tf.random.experimental.stateless_fold_in(augment_key, step)
+    return {"image": preprocess.train_batch(images, augment_seed),
+            "label": tf.cast(tf.gather(examples["label"], indices), tf.int32)}
+
+  steps = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
+  return steps.map(batch_at, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def _in_memory(builder, split) -> dict[str, tf.Variable]:
@@ -465,6 +456,24 @@ def _in_memory(builder, split) -> dict[str, tf.Variable]:
       builder.info.splits[split].num_examples).get_single_element())
   with tf.device("/cpu:0"):
     return {key: tf.Variable(arrays[key], trainable=False) for key in ("image", "label")}
+
+
+def _streamed_epoch_dataset(builder, split, preprocess: _Preprocessors, epoch_seed: int,
+                            buffer: int, batch: int, skip: int) -> tf.data.Dataset:
+  """One epoch streamed from the TFDS files: file order and shuffle buffer seeded by the epoch,
+  each example's augmentation keyed on its position in the epoch; the first `skip` examples are
+  dropped before they are decoded. Yields the epoch's full batches."""
+  records = _read(builder, split, preprocess.decoders, shuffle_seed=epoch_seed)
+  records = records.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+  epoch_key = tf.constant([epoch_seed, 0], tf.int64)
+
+  def augment(position, example):
+    example_seed = tf.random.experimental.stateless_fold_in(epoch_key, position)
+    return {"image": preprocess.train(example, example_seed),
+            "label": tf.cast(example["label"], tf.int32)}
+
+  ds = records.enumerate().skip(skip).map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+  return ds.batch(batch, drop_remainder=True)
 
 
 def create_eval_iterator(config, *, process_index=None,
