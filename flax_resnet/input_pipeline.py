@@ -7,13 +7,17 @@ The training loop sees three functions: `dataset_info`, `create_train_iterator` 
   without dropping anything; every host pads its tail to the same number of batches and marks
   real examples with `mask` (1.0) and padding with 0.0, so metrics cover each example exactly once
   and collectives see the same number of batches on every host.
-- Deterministic and resumable: epoch `e` of host `p` is a shuffle keyed on (seed, p, e); each
-  example's augmentation uses stateless random ops keyed on (seed, p, e, position in epoch).
-  Batch k is therefore a function of (seed, k) only, and `start_step=k` skips to it by dropping
-  the first examples of its epoch before they are decoded or augmented. Each epoch yields
-  `examples_per_host // batch` full batches (a different random remainder is left out each epoch).
+- Deterministic and resumable: batch k is a function of (seed, process layout, k) only, and
+  `start_step=k` starts there without producing the batches before it. Small datasets (CIFAR-10,
+  Fashion-MNIST; config.cache) sit decoded in host memory: epoch e is the exact random
+  permutation `index_shuffle(., key(seed, host, e))` and each batch's augmentation is keyed on its
+  step, so batch k is computed directly. ImageNet streams from the TFDS files: epoch e reads the
+  files in an order seeded by (seed, host, e) through a seeded shuffle buffer, each example's
+  augmentation is keyed on its position in the epoch, and a resume drops the first examples of
+  its epoch before they are decoded. Each epoch yields `examples_per_host // batch` full batches
+  (a different random remainder is left out each epoch). All randomness is stateless.
 - ImageNet crops are computed on the JPEG's header shape and decoded with `decode_and_crop_jpeg`,
-  so only the crop window is decoded (see benchmarks/input_pipeline.py for the speed-up).
+  so only the crop window is decoded (benchmarks/input_pipeline.py compares with full decoding).
 """
 
 from __future__ import annotations
