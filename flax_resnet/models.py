@@ -11,9 +11,11 @@ All modules take NHWC input and are pure Flax Linen: `model.init(rng, x, train=F
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+import re
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 Dtype = Any
@@ -23,6 +25,7 @@ he_normal = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 SHORTCUT_OPTIONS = ("A", "B", "C")
 PADDING_MODES = ("symmetric", "same")
+SCANNED_BLOCKS = "blocks"  # name of a stage's scanned blocks 2..N (see `Stage`)
 
 
 def _padding(kernel: int, mode: str):
@@ -172,19 +175,46 @@ class Stem(nn.Module):
     raise ValueError(f"unknown stem {self.kind!r}; use 'imagenet' or 'cifar'")
 
 
+def _scan_step(block_cls):
+  """`block_cls` with the (carry, x) -> (carry, y) signature that nn.scan steps through."""
+
+  class ScanStep(block_cls):
+    def __call__(self, x, _):
+      return super().__call__(x), None
+
+  ScanStep.__name__ = ScanStep.__qualname__ = f"Scanned{block_cls.__name__}"
+  return ScanStep
+
+
 class Stage(nn.Module):
-  """`num_blocks` blocks of one width; the first one downsamples by `strides`."""
+  """`num_blocks` blocks of one width; the first one downsamples by `strides`.
+
+  With `scan_blocks`, blocks 2..N, which are identical (same shapes, stride 1), are one
+  `nn.scan` named "blocks" whose parameters carry a leading axis of N - 1: XLA compiles the
+  block once instead of N - 1 times. `scanned_to_unrolled` / `unrolled_to_scanned` map the
+  variables between the two layouts.
+  """
 
   num_blocks: int
   features: int
   strides: int
   block: Callable[..., nn.Module]
+  scan_blocks: bool = False
 
   @nn.compact
   def __call__(self, x):
-    for i in range(self.num_blocks):
+    repeated = self.num_blocks - 1 if self.scan_blocks else 0
+    for i in range(self.num_blocks - repeated):
       x = self.block(self.features, strides=self.strides if i == 0 else 1,
                      name=f"block{i + 1}")(x)
+    if repeated:
+      block = self.block
+      kwargs = {}
+      if isinstance(block, functools.partial):
+        block, kwargs = block.func, dict(block.keywords)
+      scanned = nn.scan(_scan_step(block), variable_axes={"params": 0, "batch_stats": 0},
+                        split_rngs={"params": True}, length=repeated)
+      x, _ = scanned(self.features, strides=1, name=SCANNED_BLOCKS, **kwargs)(x, None)
     return x
 
 
@@ -205,6 +235,9 @@ class ResNet(nn.Module):
     dtype: compute dtype (e.g. jnp.bfloat16); parameters and logits stay float32.
     axis_name: mapped axis over which BatchNorm averages its batch statistics (synchronized BN).
     bn_momentum, bn_epsilon: BatchNorm's running-average decay and epsilon.
+    scan_blocks: compile each stage's blocks 2..N once with nn.scan (ResNet-152's first step
+      compiles about 3x faster, same numbers); its variables have the scanned layout
+      stage{i}/blocks/... (see `unrolled_to_scanned`), the default is stage{i}/block{j}/....
   """
 
   stage_sizes: Sequence[int]
@@ -220,6 +253,7 @@ class ResNet(nn.Module):
   axis_name: str | None = None
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
+  scan_blocks: bool = False
 
   def setup_checks(self):
     if len(self.stage_sizes) != len(self.widths):
@@ -253,7 +287,7 @@ class ResNet(nn.Module):
     features["stem"] = x
     for i, (num_blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
       x = Stage(num_blocks, width, strides=1 if i == 0 else 2, block=block,
-                name=f"stage{i + 1}")(x)
+                scan_blocks=self.scan_blocks, name=f"stage{i + 1}")(x)
       features[f"stage{i + 1}"] = x
     x = jnp.mean(x, axis=(1, 2))
     features["pooled"] = x
@@ -263,6 +297,56 @@ class ResNet(nn.Module):
       features["logits"] = logits
       return features
     return logits
+
+
+# --- Scanned <-> unrolled variable layouts ----------------------------------------------------
+
+_STAGE = re.compile(r"stage\d+")
+_BLOCK = re.compile(r"block(\d+)")
+
+
+def unrolled_to_scanned(tree):
+  """Variables (or params, batch_stats, gradients, ...) of the default layout
+  stage{i}/block{j}/... in the layout of `scan_blocks=True`: block1 stays, blocks 2..N are
+  stacked along a new leading axis under stage{i}/blocks/...."""
+  if not isinstance(tree, Mapping):
+    return tree
+  out = {}
+  for key, value in tree.items():
+    if _STAGE.fullmatch(str(key)) and isinstance(value, Mapping):
+      numbers = sorted(int(m.group(1)) for k in value if (m := _BLOCK.fullmatch(str(k))))
+      if numbers != list(range(1, len(numbers) + 1)):
+        raise ValueError(f"{key} has blocks {numbers}; expected block1..blockN")
+      stage = {k: v for k, v in value.items() if not _BLOCK.fullmatch(str(k))
+               or k == "block1"}
+      if len(numbers) > 1:
+        if SCANNED_BLOCKS in stage:
+          raise ValueError(f"{key} has both block2.. and {SCANNED_BLOCKS!r}: mixed layouts")
+        stage[SCANNED_BLOCKS] = jax.tree.map(
+            lambda *xs: jnp.stack(xs), *(value[f"block{n}"] for n in numbers[1:]))
+      out[key] = stage
+    else:
+      out[key] = unrolled_to_scanned(value)
+  return out
+
+
+def scanned_to_unrolled(tree):
+  """The inverse of `unrolled_to_scanned`: stage{i}/blocks/... (leading axis N - 1) back to
+  stage{i}/block2..blockN/..., the layout of checkpoints and converted torchvision weights."""
+  if not isinstance(tree, Mapping):
+    return tree
+  out = {}
+  for key, value in tree.items():
+    if _STAGE.fullmatch(str(key)) and isinstance(value, Mapping) and SCANNED_BLOCKS in value:
+      stage = {k: v for k, v in value.items() if k != SCANNED_BLOCKS}
+      stacked = value[SCANNED_BLOCKS]
+      length = jax.tree.leaves(stacked)[0].shape[0]
+      for n in range(length):
+        stage[f"block{n + 2}"] = jax.tree.map(lambda x, n=n: x[n], stacked)
+      out[key] = stage
+    else:
+      out[key] = scanned_to_unrolled(value)
+  return out
 
 
 # --- Named networks -------------------------------------------------------------------------
