@@ -35,6 +35,13 @@ import tensorflow_datasets as tfds
 
 from flax_resnet import fashion_mnist_local
 
+# tf.data runs on the host: keep a GPU build of TensorFlow from claiming accelerator memory that
+# JAX needs (a no-op with tensorflow-cpu; fails harmlessly once TF has initialized its devices).
+try:
+  tf.config.set_visible_devices([], "GPU")
+except RuntimeError:
+  pass
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Per-channel statistics of the training images on the [0, 1] scale.
