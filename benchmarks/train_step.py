@@ -1,0 +1,374 @@
+"""Speed of the library's compiled train step (forward, backward, SGD update).
+
+    python benchmarks/train_step.py --model=cifar_resnet20 --batch_size=128 --image_size=32 \
+        [--dtype=float32|bfloat16] [--devices=K] [--scan_blocks] [--compare_torch] [--json=FILE]
+
+Times `flax_resnet.train_step.train_step` mapped over K devices by
+`flax_resnet.parallel.DataParallel`, exactly the step that train.py runs, on one fixed random
+batch already on the devices (no input pipeline). Prints one line per figure: compile time of
+the first step, images/second (median over several timed rounds, after warm-up), peak host
+memory (and device memory where the device reports it), the step's FLOPs as XLA's cost
+analysis counts them against 3x the forward pass's (2 x MACs from
+`flax_resnet.count_macs`), and utilization of the device's peak where it is known.
+
+`--compare_torch` times PyTorch's CPU training step of the same network (written below, the
+torchvision layout, no torchvision needed), interleaved round by round with ours in the same
+process, with the same batch and as many threads as cores, and prints the ratio.
+
+Imports no tensorflow, ml_collections or clu, so it runs on a bare jax + flax + optax machine.
+On CPU it splits the batch over one virtual device per core (flax_resnet.cpu), as train.py does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+import types
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from flax_resnet import cpu  # noqa: E402  (no jax backend started yet)
+
+# Peak dense FLOP/s per chip by (device kind prefix, dtype); float32 convolutions run as TF32
+# on tensor cores under JAX's default precision on these GPUs.
+PEAK_FLOPS = {
+    ("NVIDIA H100", "bfloat16"): 989e12,
+    ("NVIDIA H100", "float32"): 495e12,
+    ("NVIDIA H200", "bfloat16"): 989e12,
+    ("NVIDIA H200", "float32"): 495e12,
+    ("NVIDIA A100", "bfloat16"): 312e12,
+    ("NVIDIA A100", "float32"): 156e12,
+}
+FP32_NON_TENSOR_PEAK = {"NVIDIA H100": 67e12, "NVIDIA H200": 67e12, "NVIDIA A100": 19.5e12}
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--model", default="cifar_resnet20")
+  p.add_argument("--batch_size", type=int, default=128, help="global, over all devices")
+  p.add_argument("--image_size", type=int, default=32)
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  p.add_argument("--devices", type=int, default=0,
+                 help="devices to map over (0: all; on CPU one virtual device per core)")
+  p.add_argument("--parallelism", default="shard_map", choices=("shard_map", "pmap"))
+  p.add_argument("--scan_blocks", action="store_true",
+                 help="compile each stage's repeated blocks once (nn.scan)")
+  p.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
+  p.add_argument("--rounds", type=int, default=5, help="timed rounds (median is reported)")
+  p.add_argument("--steps", type=int, default=3, help="steps per timed round")
+  p.add_argument("--compare_torch", action="store_true")
+  p.add_argument("--torch_threads", type=int, default=0, help="0: one per core")
+  p.add_argument("--json", default="", help="also write the figures to this file")
+  return p.parse_args(argv)
+
+
+def optimizer_config(batch_size: int):
+  """The optimizer fields of configs/default.py (the paper's SGD), without ml_collections."""
+  return types.SimpleNamespace(
+      batch_size=batch_size, learning_rate=0.1, lr_reference_batch_size=256,
+      lr_schedule="step", lr_decay_epochs=(30, 60), lr_decay_steps=(), lr_decay_factor=0.1,
+      warmup_epochs=0.0, warmup_steps=0, warmup_mode="linear", warmup_factor=0.1,
+      momentum=0.9, nesterov=False, weight_decay=1e-4, weight_decay_on="kernels")
+
+
+def peak_host_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+# --- ours ---------------------------------------------------------------------------------------
+
+class FlaxStep:
+  """The library's mapped train step, compiled once, on a fixed batch."""
+
+  def __init__(self, args, devices):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax_resnet import create_model, optim
+    from flax_resnet.parallel import DataParallel
+    from flax_resnet.train_step import AXIS, create_train_state, train_step
+
+    self.jax = jax
+    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+    model = create_model(args.model, axis_name=AXIS, dtype=dtype,
+                         **({"scan_blocks": True} if args.scan_blocks else {}))
+    self.num_classes = model.num_classes
+    config = optimizer_config(args.batch_size)
+    lr_fn = optim.create_learning_rate_fn(config, steps_per_epoch=1000, num_train_steps=90_000)
+    tx = optim.create_optimizer(config, lr_fn)
+    image_shape = (args.image_size, args.image_size, 3)
+    self.parallel = DataParallel(args.parallelism, devices)
+    self.parallel.check_batch_size(args.batch_size)
+    state = create_train_state(model, tx, image_shape, jax.random.key(0))
+    step = self.parallel.map_step(functools.partial(
+        train_step, model=model, tx=tx, learning_rate_fn=lr_fn, num_classes=model.num_classes))
+    rng = np.random.default_rng(0)
+    self.host_batch = {
+        "image": rng.standard_normal((args.batch_size, *image_shape), dtype=np.float32),
+        "label": rng.integers(0, model.num_classes, args.batch_size).astype(np.int32)}
+    self.state = self.parallel.put_state(state)
+    self.batch = self.parallel.put_batch(self.host_batch)
+
+    start = time.perf_counter()
+    self.compiled = step.lower(self.state, self.batch).compile()
+    self.compile_seconds = time.perf_counter() - start
+    self.run(1)
+    self.first_step_seconds = time.perf_counter() - start
+    self.metrics = None
+
+  def run(self, steps: int) -> float:
+    """Seconds per step over `steps` back-to-back steps."""
+    start = time.perf_counter()
+    for _ in range(steps):
+      self.state, self.metrics = self.compiled(self.state, self.batch)
+    self.jax.block_until_ready((self.state, self.metrics))
+    return (time.perf_counter() - start) / steps
+
+  def flops_per_step(self) -> float:
+    """XLA's count for the whole step: the compiled program is one device's share (SPMD), so
+    it is multiplied by the device count (pmap compiles the per-device program too)."""
+    cost = self.compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+      cost = cost[0]
+    return float(cost.get("flops", 0.0)) * self.parallel.num_devices
+
+  def device_peak_bytes(self):
+    try:
+      stats = self.parallel.devices[0].memory_stats()
+    except Exception:  # not every backend reports memory  # noqa: BLE001
+      return None
+    return stats.get("peak_bytes_in_use") if stats else None
+
+
+# --- PyTorch reference: torchvision's ResNet layout, plus the paper's CIFAR option A ----------
+
+def torch_resnet(name: str):
+  """The network `name` of flax_resnet.create_model, in PyTorch (train mode, NCHW)."""
+  import torch
+  import torch.nn.functional as F
+  from torch import nn as tnn
+
+  from flax_resnet.models import MODEL_SPECS, BottleneckBlock, PlainBasicBlock, \
+      PlainBottleneckBlock
+  spec = MODEL_SPECS[name]
+  bottleneck = issubclass(spec["block_cls"], BottleneckBlock)
+  residual = spec["block_cls"] not in (PlainBasicBlock, PlainBottleneckBlock)
+  expansion = 4 if bottleneck else 1
+  option = spec["shortcut"]
+
+  class Shortcut(tnn.Module):
+    def __init__(self, cin, cout, stride):
+      super().__init__()
+      self.stride, self.extra = stride, cout - cin
+      changes = stride != 1 or cin != cout
+      self.project = option == "C" or (option == "B" and changes)
+      self.pad = option == "A" and changes
+      if self.project:
+        self.conv = tnn.Conv2d(cin, cout, 1, stride, bias=False)
+        self.bn = tnn.BatchNorm2d(cout)
+
+    def forward(self, x):
+      if self.project:
+        return self.bn(self.conv(x))
+      if self.pad:
+        return F.pad(x[:, :, ::self.stride, ::self.stride], (0, 0, 0, 0, 0, self.extra))
+      return x
+
+  class Basic(tnn.Module):
+    def __init__(self, cin, width, stride):
+      super().__init__()
+      self.conv1 = tnn.Conv2d(cin, width, 3, stride, 1, bias=False)
+      self.bn1 = tnn.BatchNorm2d(width)
+      self.conv2 = tnn.Conv2d(width, width, 3, 1, 1, bias=False)
+      self.bn2 = tnn.BatchNorm2d(width)
+      self.shortcut = Shortcut(cin, width, stride) if residual else None
+
+    def forward(self, x):
+      y = F.relu(self.bn1(self.conv1(x)))
+      y = self.bn2(self.conv2(y))
+      return F.relu(y + self.shortcut(x) if residual else y)
+
+  class Bottleneck(tnn.Module):
+    def __init__(self, cin, width, stride):
+      super().__init__()
+      s1, s3 = (stride, 1) if spec.get("stride_in_1x1") else (1, stride)
+      self.conv1 = tnn.Conv2d(cin, width, 1, s1, bias=False)
+      self.bn1 = tnn.BatchNorm2d(width)
+      self.conv2 = tnn.Conv2d(width, width, 3, s3, 1, bias=False)
+      self.bn2 = tnn.BatchNorm2d(width)
+      self.conv3 = tnn.Conv2d(width, width * 4, 1, bias=False)
+      self.bn3 = tnn.BatchNorm2d(width * 4)
+      self.shortcut = Shortcut(cin, width * 4, stride) if residual else None
+
+    def forward(self, x):
+      y = F.relu(self.bn1(self.conv1(x)))
+      y = F.relu(self.bn2(self.conv2(y)))
+      y = self.bn3(self.conv3(y))
+      return F.relu(y + self.shortcut(x) if residual else y)
+
+  block = Bottleneck if bottleneck else Basic
+  widths = spec["widths"]
+  if spec["stem"] == "imagenet":
+    layers = [tnn.Conv2d(3, widths[0], 7, 2, 3, bias=False), tnn.BatchNorm2d(widths[0]),
+              tnn.ReLU(inplace=True), tnn.MaxPool2d(3, 2, 1)]
+  else:
+    layers = [tnn.Conv2d(3, widths[0], 3, 1, 1, bias=False), tnn.BatchNorm2d(widths[0]),
+              tnn.ReLU(inplace=True)]
+  cin = widths[0]
+  for i, (blocks, width) in enumerate(zip(spec["stage_sizes"], widths)):
+    for j in range(blocks):
+      layers.append(block(cin, width, 2 if i > 0 and j == 0 else 1))
+      cin = width * expansion
+  layers += [tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Linear(cin, spec["num_classes"])]
+  net = tnn.Sequential(*layers)
+  for m in net.modules():
+    if isinstance(m, tnn.Conv2d):
+      tnn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+  return net.train(), torch
+
+
+class TorchStep:
+  """PyTorch's CPU training step of the same network: SGD, momentum 0.9, weight decay 1e-4."""
+
+  def __init__(self, args, host_batch, threads: int):
+    net, torch = torch_resnet(args.model)
+    torch.set_num_threads(threads)
+    self.torch, self.net = torch, net
+    self.opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    self.x = torch.from_numpy(host_batch["image"].transpose(0, 3, 1, 2).copy())
+    self.y = torch.from_numpy(host_batch["label"].astype("int64"))
+    self.run(1)
+
+  def run(self, steps: int) -> float:
+    F = self.torch.nn.functional
+    start = time.perf_counter()
+    for _ in range(steps):
+      self.opt.zero_grad(set_to_none=True)
+      loss = F.cross_entropy(self.net(self.x), self.y)
+      loss.backward()
+      self.opt.step()
+    return (time.perf_counter() - start) / steps
+
+
+# --- report -----------------------------------------------------------------------------------
+
+def main(argv=None):
+  args = parse_args(argv)
+  cpu.configure_cpu(args.devices or None)  # only the host platform reads this flag
+  import jax
+  from flax_resnet import count_macs, create_model
+
+  available = jax.devices()
+  if args.devices > len(available):
+    raise SystemExit(f"--devices={args.devices} but this machine has {len(available)} "
+                     f"{available[0].platform} devices")
+  devices = available[:args.devices or len(available)]
+  kind = devices[0].device_kind
+  platform = devices[0].platform
+  print(f"device: {len(devices)} x {kind} ({platform}), jax {jax.__version__}, "
+        f"host cores: {cpu.default_cpu_device_count()}")
+  print(f"model: {args.model}, batch {args.batch_size}, image {args.image_size}, {args.dtype}, "
+        f"{'scanned' if args.scan_blocks else 'unrolled'} blocks, {args.parallelism}")
+
+  ours = FlaxStep(args, devices)
+  print(f"compile_seconds: {ours.compile_seconds:.2f}  (first step incl. compile: "
+        f"{ours.first_step_seconds:.2f} s)")
+  for _ in range(args.warmup):
+    ours.run(1)
+  host_mb = peak_host_mb()
+
+  theirs = None
+  if args.compare_torch:
+    threads = args.torch_threads or cpu.default_cpu_device_count()
+    theirs = TorchStep(args, ours.host_batch, threads)
+    for _ in range(args.warmup):
+      theirs.run(1)
+
+  ours_times, theirs_times = [], []
+  for _ in range(args.rounds):  # interleaved, so a shared machine's load hits both alike
+    ours_times.append(ours.run(args.steps))
+    if theirs:
+      theirs_times.append(theirs.run(args.steps))
+  step_seconds = statistics.median(ours_times)
+  images_per_second = args.batch_size / step_seconds
+  # The fastest round is the least disturbed by other processes on a shared machine.
+  best_images_per_second = args.batch_size / min(ours_times)
+
+  macs = count_macs(create_model(args.model), (1, args.image_size, args.image_size, 3))
+  forward_flops = 2.0 * macs * args.batch_size
+  flops = ours.flops_per_step()
+  figures = {
+      "model": args.model, "batch_size": args.batch_size, "image_size": args.image_size,
+      "dtype": args.dtype, "devices": len(devices), "device_kind": kind, "platform": platform,
+      "scan_blocks": args.scan_blocks, "parallelism": args.parallelism,
+      "compile_seconds": ours.compile_seconds, "first_step_seconds": ours.first_step_seconds,
+      "step_seconds": step_seconds, "step_seconds_all": ours_times,
+      "images_per_second": images_per_second, "best_images_per_second": best_images_per_second,
+      "peak_host_memory_mb": host_mb,
+      "flops_per_step": flops, "forward_flops": forward_flops,
+      "flops_vs_3x_forward": flops / (3 * forward_flops),
+      "train_loss": float(ours.parallel.get_metrics(ours.metrics)["train_loss"]),
+  }
+  print(f"images_per_second: {images_per_second:.1f}  (step {step_seconds * 1e3:.1f} ms, "
+        f"median of {args.rounds} rounds x {args.steps} steps; best round "
+        f"{best_images_per_second:.1f})")
+  print(f"peak_host_memory_mb: {host_mb:.0f}")
+  device_peak = ours.device_peak_bytes()
+  if device_peak:
+    figures["peak_device_memory_mb"] = device_peak / 2**20
+    print(f"peak_device_memory_mb: {device_peak / 2**20:.0f}")
+  print(f"flops_per_step (XLA cost analysis): {flops / 1e9:.2f} GFLOP; 3 x forward "
+        f"(2 x {macs / 1e6:.1f} M MACs x {args.batch_size}): {3 * forward_flops / 1e9:.2f} GFLOP; "
+        f"ratio {figures['flops_vs_3x_forward']:.3f}")
+  # XLA counts a while loop's body once, so with scanned blocks its count misses N - 2 blocks
+  # per stage; utilization then uses the model's FLOPs, 3 x forward, instead.
+  useful = 3 * forward_flops if args.scan_blocks else flops
+  if args.scan_blocks:
+    print("  (scanned blocks: XLA counts each stage's loop body once; utilization below uses "
+          "3 x forward)")
+  figures["achieved_flops_per_second"] = useful / step_seconds
+  print(f"achieved: {useful / step_seconds / 1e12:.3f} TFLOP/s")
+  peak = next((v for (k, d), v in PEAK_FLOPS.items()
+               if kind.startswith(k) and d == args.dtype), None)
+  if peak:
+    figures["peak_flops_per_second"] = peak * len(devices)
+    figures["utilization"] = useful / step_seconds / (peak * len(devices))
+    line = (f"utilization (MFU): {figures['utilization']:.1%} of {peak / 1e12:.0f} TFLOP/s "
+            f"{'TF32 ' if args.dtype == 'float32' else ''}dense peak")
+    fp32 = next((v for k, v in FP32_NON_TENSOR_PEAK.items() if kind.startswith(k)), None)
+    if args.dtype == "float32" and fp32:
+      figures["utilization_vs_fp32_peak"] = useful / step_seconds / (fp32 * len(devices))
+      line += f" ({figures['utilization_vs_fp32_peak']:.0%} of the {fp32 / 1e12:.0f} " \
+              "TFLOP/s non-tensor FP32 peak)"
+    print(line)
+  else:
+    print(f"utilization: peak FLOP/s of {kind!r} unknown")
+
+  if theirs:
+    torch_seconds = statistics.median(theirs_times)
+    figures.update(torch_images_per_second=args.batch_size / torch_seconds,
+                   torch_step_seconds=torch_seconds, torch_step_seconds_all=theirs_times,
+                   torch_version=theirs.torch.__version__,
+                   torch_threads=theirs.torch.get_num_threads(),
+                   torch_best_images_per_second=args.batch_size / min(theirs_times),
+                   ratio_vs_torch=torch_seconds / step_seconds,
+                   ratio_vs_torch_best=min(theirs_times) / min(ours_times))
+    print(f"torch_images_per_second: {figures['torch_images_per_second']:.1f}  "
+          f"(torch {theirs.torch.__version__}, {figures['torch_threads']} threads, interleaved)")
+    print(f"ratio_vs_torch (ours / PyTorch images/s): {figures['ratio_vs_torch']:.2f} "
+          f"(medians; best rounds: {figures['ratio_vs_torch_best']:.2f})")
+
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(figures, f, indent=1)
+  return figures
+
+
+if __name__ == "__main__":
+  main()
