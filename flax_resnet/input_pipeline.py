@@ -1,4 +1,5 @@
-"""Input pipelines: TFDS + tf.data for ImageNet, CIFAR-10 and Fashion-MNIST, yielding numpy batches.
+"""Input pipelines: TFDS + tf.data for ImageNet, CIFAR-10 and Fashion-MNIST, and tf.data over a
+folder of the user's images ('image_folder'), yielding numpy batches.
 
 The training loop sees three functions: `dataset_info`, `create_train_iterator` and
 `create_eval_iterator`. Design choices:
@@ -18,6 +19,12 @@ The training loop sees three functions: `dataset_info`, `create_train_iterator` 
   (a different random remainder is left out each epoch). All randomness is stateless.
 - ImageNet crops are computed on the JPEG's header shape and decoded with `decode_and_crop_jpeg`,
   so only the crop window is decoded (benchmarks/input_pipeline.py compares with full decoding).
+- image_folder (<data_dir>/<split>/<class>/<images>, see image_folder.py) takes its classes and
+  sizes from the folders and reads files by index: the files are dealt to the hosts by a seeded
+  permutation, epoch e of a host is the exact permutation `index_shuffle(., key(seed, host, e))`
+  and each image's augmentation is keyed on its step (ImageNet's crops, with the paper's scale
+  range scaled to image_size), so batch k is computed directly. A file TensorFlow fails to
+  decode is named in a ValueError (image_folder.check looks before training, up to a size).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from flax_resnet import fashion_mnist_local
+from flax_resnet import image_folder
 
 # tf.data runs on the host: keep a GPU build of TensorFlow from claiming accelerator memory that
 # JAX needs (a no-op with tensorflow-cpu; fails harmlessly once TF has initialized its devices).
@@ -59,13 +67,13 @@ DEFAULT_SHUFFLE_BUFFER = 16_384  # Examples, for datasets that are not cached in
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
-  """Static facts about a supported TFDS dataset."""
-  num_classes: int
-  image_shape: tuple[int, int, int]  # After preprocessing (ImageNet: at image_size 224).
-  train_split: str
-  eval_split: str
-  num_train_examples: int
-  num_eval_examples: int
+  """Static facts about a supported dataset; None: read from the dataset's folder."""
+  num_classes: int | None
+  image_shape: tuple[int, int, int] | None  # After preprocessing (ImageNet: at image_size 224).
+  train_split: str | None
+  eval_split: str | None
+  num_train_examples: int | None
+  num_eval_examples: int | None
   mean: tuple[float, ...]
   std: tuple[float, ...]
   pad: int = 0  # Zero padding before the random crop of the small-image augmentation.
@@ -79,6 +87,8 @@ DATASETS: dict[str, DatasetSpec] = {
                            CIFAR10_MEAN, CIFAR10_STD, pad=4, cache=True),
     "fashion_mnist": DatasetSpec(10, (28, 28, 1), "train", "test", 60_000, 10_000,
                                  FASHION_MNIST_MEAN, FASHION_MNIST_STD, pad=4, cache=True),
+    # The user's images in config.data_dir (image_folder.py), at config.image_size.
+    "image_folder": DatasetSpec(None, None, None, None, None, None, IMAGENET_MEAN, IMAGENET_STD),
 }
 
 
@@ -107,9 +117,15 @@ def _dataset_name(config) -> str:
 
 
 def dataset_info(config) -> DatasetInfo:
-  """Static description of `config.dataset`, with the 45k/5k CIFAR split and ImageNet image_size."""
+  """Static description of `config.dataset`, with the 45k/5k CIFAR split, ImageNet image_size,
+  and an image folder's classes and sizes."""
   name = _dataset_name(config)
   spec = DATASETS[name]
+  if name == "image_folder":
+    folder = image_folder.scan(config.get("data_dir", None))
+    size = int(_get(config, "image_size", 224))
+    return DatasetInfo(name, len(folder.classes), (size, size, 3), len(folder.train.paths),
+                       len(folder.eval.paths), folder.train.name, folder.eval.name)
   image_shape = spec.image_shape
   train_split, eval_split = spec.train_split, spec.eval_split
   num_train, num_eval = spec.num_train_examples, spec.num_eval_examples
@@ -299,7 +315,10 @@ def ten_crops(jpeg: tf.Tensor, size: int, antialias: bool = False) -> tf.Tensor:
   """The 10-crop test of Krizhevsky et al. used by He et al.: shorter side resized to
   size * 256/224, the four corner and the center size x size crops, and their mirror images.
   Returns (10, size, size, 3): crops [corners TL, TR, BL, BR, center], then the same flipped."""
-  image = tf.io.decode_jpeg(jpeg, channels=3)
+  return _ten_crops_of(tf.io.decode_jpeg(jpeg, channels=3), size, antialias)
+
+
+def _ten_crops_of(image: tf.Tensor, size: int, antialias: bool) -> tf.Tensor:
   height, width = tf.shape(image)[0], tf.shape(image)[1]
   resize_short = round(size * 256 / 224)
   scale = resize_short / tf.cast(tf.minimum(height, width), tf.float32)
@@ -337,6 +356,44 @@ def imagenet_eval_image(jpeg: tf.Tensor, size: int, crop: str, antialias: bool =
   return tf.ensure_shape(_normalize(image, spec), [size, size, 3])
 
 
+def _decode_any(encoded: tf.Tensor) -> tf.Tensor:
+  """JPEG, PNG, GIF (first frame), BMP or WebP bytes -> uint8 (H, W, 3)."""
+  return tf.io.decode_image(encoded, channels=3, expand_animations=False)
+
+
+def _crop_and_resize(image: tf.Tensor, window: tf.Tensor, size: int, antialias: bool):
+  y, x, height, width = tf.unstack(window)
+  return resize(image[y:y + height, x:x + width], [size, size], antialias)
+
+
+def folder_train_image(encoded: tf.Tensor, seed: tf.Tensor, size: int, augmentation: str,
+                       antialias: bool = False,
+                       spec: DatasetSpec = DATASETS["image_folder"]) -> tf.Tensor:
+  """Encoded image of any size and format -> augmented, normalized (size, size, 3) float32:
+  ImageNet's crops, the paper's scale range [256, 480] scaled by size / 224."""
+  crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  image = _decode_any(encoded)
+  shape = tf.shape(image)
+  if augmentation == "paper":
+    scale_range = tuple(max(size, round(size * s / 224)) for s in PAPER_SCALE_RANGE)
+    window = paper_crop_window(shape, crop_seed, size, scale_range)
+  else:
+    window = inception_crop_window(shape, crop_seed, size)
+  image = _random_flip(_crop_and_resize(image, window, size, antialias), flip_seed)
+  return tf.ensure_shape(_normalize(image, spec), [size, size, 3])
+
+
+def folder_eval_image(encoded: tf.Tensor, size: int, crop: str, antialias: bool = False,
+                      spec: DatasetSpec = DATASETS["image_folder"]) -> tf.Tensor:
+  """Encoded image -> normalized center crop (size, size, 3) or ten crops (10, size, size, 3)."""
+  image = _decode_any(encoded)
+  if crop == "ten_crop":
+    return _normalize(_ten_crops_of(image, size, antialias), spec)
+  window = center_crop_window(tf.shape(image), size)
+  image = _crop_and_resize(image, window, size, antialias)
+  return tf.ensure_shape(_normalize(image, spec), [size, size, 3])
+
+
 # ----------------------------------------------------------------------------------------------
 # Pipelines.
 
@@ -352,7 +409,7 @@ class _Preprocessors:
 def _preprocessors(config) -> _Preprocessors:
   name = _dataset_name(config)
   spec = DATASETS[name]
-  if name == "imagenet2012":
+  if name in ("imagenet2012", "image_folder"):
     size = int(_get(config, "image_size", 224))
     augmentation = _get(config, "imagenet_train_augmentation", "paper")
     crop = _get(config, "imagenet_eval_crop", "center")
@@ -362,6 +419,13 @@ def _preprocessors(config) -> _Preprocessors:
                        f"{IMAGENET_TRAIN_AUGMENTATIONS}.")
     if crop not in IMAGENET_EVAL_CROPS:
       raise ValueError(f"config.imagenet_eval_crop={crop!r}; choose one of {IMAGENET_EVAL_CROPS}.")
+  if name == "image_folder":
+    return _Preprocessors(
+        train=lambda ex, seed: folder_train_image(ex["image"], seed, size, augmentation,
+                                                  antialias, spec),
+        eval=lambda ex: folder_eval_image(ex["image"], size, crop, antialias, spec),
+        decoders=None)
+  if name == "imagenet2012":
     return _Preprocessors(
         train=lambda ex, seed: imagenet_train_image(ex["image"], seed, size, augmentation,
                                                     antialias, spec),
@@ -406,6 +470,8 @@ def create_train_iterator(config, *, start_step: int = 0, process_index=None,
   if start_step < 0:
     raise ValueError(f"start_step={start_step} must be >= 0.")
   name = _dataset_name(config)
+  if name == "image_folder":
+    return _folder_train_iterator(config, start_step, process_index, process_count)
   info = dataset_info(config)
   batch = _per_host_batch(config, "batch_size", process_count)
   preprocess = _preprocessors(config)
@@ -500,6 +566,8 @@ def create_eval_iterator(config, *, process_index=None,
   and 0.0 for padding. All hosts yield the same number of batches; together they cover each
   example of the split exactly once. ImageNet ten_crop images are (B, 10, H, W, 3)."""
   process_index, process_count = _process(process_index, process_count)
+  if _dataset_name(config) == "image_folder":
+    return _folder_eval_iterator(config, process_index, process_count)
   info = dataset_info(config)
   batch = _per_host_batch(config, "eval_batch_size", process_count)
   preprocess = _preprocessors(config)
@@ -519,3 +587,105 @@ def create_eval_iterator(config, *, process_index=None,
   ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat(num_padding))
   ds = ds.batch(batch, drop_remainder=True).prefetch(int(_get(config, "prefetch", 2)))
   return ds.with_options(_options()).as_numpy_iterator()
+
+
+# ----------------------------------------------------------------------------------------------
+# A folder of the user's images.
+
+
+def _checked_folder(config) -> image_folder.ImageFolder:
+  folder = image_folder.scan(config.get("data_dir", None))
+  image_folder.check(folder, _get(config, "image_folder_check", "auto"))
+  return folder
+
+
+def _read_file(path: tf.Tensor, label: tf.Tensor) -> dict[str, tf.Tensor]:
+  return {"image": tf.io.read_file(path), "label": label}
+
+
+def _naming_bad_images(batches: Iterator, paths_of_batch: Callable[[int], np.ndarray]):
+  """`batches`, but a decoding error becomes image_folder's message naming the bad file(s) of
+  the failing batch (batch k's files are known: `paths_of_batch(k)`)."""
+  k = 0
+  while True:
+    try:
+      batch = next(batches)
+    except StopIteration:
+      return
+    except tf.errors.InvalidArgumentError:
+      problems = image_folder.find_bad_images(paths_of_batch(k))
+      if not problems:
+        raise
+      raise image_folder.bad_images_error(problems) from None
+    yield batch
+    k += 1
+
+
+def _folder_train_iterator(config, start_step: int, process_index: int, process_count: int):
+  """Per-host batches of the folder's train split; see create_train_iterator."""
+  if _get(config, "cache", False):
+    raise ValueError("config.cache=True is not supported for image_folder (images are read from "
+                     "their files every epoch); set config.cache=False.")
+  folder = _checked_folder(config)
+  batch = _per_host_batch(config, "batch_size", process_count)
+  preprocess = _preprocessors(config)
+  seed = int(_get(config, "seed", 0))
+  # Hosts get equal, disjoint slices of one seeded permutation (the files are sorted by class).
+  per_host = len(folder.train.paths) // process_count
+  dealt = np.random.default_rng(_derive_seed(seed)).permutation(len(folder.train.paths))
+  mine = dealt[process_index * per_host:(process_index + 1) * per_host]
+  paths, labels = folder.train.paths[mine], folder.train.labels[mine]
+  if per_host < batch:
+    raise ValueError(f"The per-host batch {batch} is larger than this host's {per_host} training "
+                     f"images in {folder.root}; lower config.batch_size.")
+  epoch_steps = per_host // batch
+  host_key = tf.constant([_derive_seed(seed, process_index), 0], tf.int64)
+
+  def batch_indices_and_seeds(step):
+    """The files of batch `step` (exact per-epoch permutation) and their augmentation seeds."""
+    epoch = step // epoch_steps
+    positions = (step - epoch * epoch_steps) * batch + tf.range(batch, dtype=tf.int64)
+    epoch_key = tf.random.experimental.stateless_fold_in(host_key, epoch)
+    order_key, augment_key = tf.unstack(tf.random.experimental.stateless_split(epoch_key, 2))
+    indices = tf.random.experimental.index_shuffle(
+        positions, order_key, tf.constant(per_host - 1, tf.int64))
+    seeds = tf.random.experimental.stateless_split(
+        tf.random.experimental.stateless_fold_in(augment_key, step), batch)
+    return indices, seeds
+
+  paths_t, labels_t = tf.constant(paths), tf.constant(labels)
+
+  def example(index, example_seed):
+    ex = _read_file(tf.gather(paths_t, index), tf.gather(labels_t, index))
+    return {"image": preprocess.train(ex, example_seed), "label": ex["label"]}
+
+  steps = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
+  ds = steps.map(batch_indices_and_seeds).unbatch()
+  ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE).batch(batch, drop_remainder=True)
+  ds = ds.prefetch(int(_get(config, "prefetch", 2))).with_options(_options())
+  return _naming_bad_images(
+      ds.as_numpy_iterator(),
+      lambda k: paths[batch_indices_and_seeds(tf.constant(start_step + k, tf.int64))[0].numpy()])
+
+
+def _folder_eval_iterator(config, process_index: int, process_count: int):
+  """This host's contiguous share of the folder's eval split, padded; see create_eval_iterator."""
+  folder = _checked_folder(config)
+  batch = _per_host_batch(config, "eval_batch_size", process_count)
+  preprocess = _preprocessors(config)
+  shares = np.array_split(np.arange(len(folder.eval.paths)), process_count)
+  mine = shares[process_index]
+  paths, labels = folder.eval.paths[mine], folder.eval.labels[mine]
+  num_batches = math.ceil(max(len(s) for s in shares) / batch)
+
+  def prepare(path, label):
+    return {"image": preprocess.eval(_read_file(path, label)), "label": label,
+            "mask": tf.constant(1.0, tf.float32)}
+
+  ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+  ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+  padding = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), ds.element_spec)
+  ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat(num_batches * batch - len(mine)))
+  ds = ds.batch(batch, drop_remainder=True).prefetch(int(_get(config, "prefetch", 2)))
+  return _naming_bad_images(ds.with_options(_options()).as_numpy_iterator(),
+                            lambda k: paths[k * batch:(k + 1) * batch])
