@@ -28,6 +28,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
+  from flax_resnet.cpu import configure_cpu
+  configure_cpu()  # on CPU: one device per core, so the data-parallel step uses every core
   from flax_resnet.parallel import initialize_distributed
   from flax_resnet.trainer import train_and_evaluate
   from flax_resnet.errors import USER_ERRORS

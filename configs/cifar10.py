@@ -22,6 +22,8 @@ def get_config(model: str = "cifar_resnet20"):
   config.shortcut = "A"
   config.eval_every_steps = 2_000
   config.checkpoint_every_steps = 2_000
+  config.cache = True                   # 150 MB of pixels: decode once, shuffle fully
+  config.shuffle_buffer_size = 50_000
   return config
 
 

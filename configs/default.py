@@ -24,6 +24,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.image_size = 224
   config.imagenet_train_augmentation = "paper"   # 'paper' (scale aug. [256, 480]) | 'inception'
   config.imagenet_eval_crop = "center"           # 'center' (256 -> 224) | 'ten_crop'
+  config.image_resize_antialias = False          # True: PIL/torchvision-like, ~2x slower
+  config.image_folder_check = "auto"             # image_folder: 'auto' | 'full' | 'header' | 'lazy'
   config.cifar_validation_split = False          # True: train on 45k, evaluate on held-out 5k
   config.fashion_mnist_source_dir = "/usr/share/datasets/fashion-mnist"
   config.shuffle_buffer_size = 16_384

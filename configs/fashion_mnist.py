@@ -24,4 +24,6 @@ def get_config():
   config.checkpoint_every_steps = 0     # every epoch
   config.log_every_steps = 50
   config.eval_batch_size = 1000
+  config.cache = True                   # 47 MB of pixels: decode once, shuffle fully
+  config.shuffle_buffer_size = 60_000
   return config

@@ -43,6 +43,20 @@ __version__ = "0.1.0"
 # Imported on first use, so that `import flax_resnet` stays light (no orbax, no TensorFlow).
 _LAZY = {
     "train_and_evaluate": "flax_resnet.trainer",
+    "from_torchvision": "flax_resnet.convert",
+    "to_torchvision": "flax_resnet.convert",
+    "load_state_dict": "flax_resnet.convert",
+    "torchvision_models": "flax_resnet.convert",
+    "predict": "flax_resnet.inference",
+    "preprocess": "flax_resnet.inference",
+    "load_image": "flax_resnet.inference",
+    "replace_head": "flax_resnet.inference",
+    "top_k": "flax_resnet.inference",
+    "Prediction": "flax_resnet.inference",
+    "IMAGENET_MEAN": "flax_resnet.inference",
+    "IMAGENET_STD": "flax_resnet.inference",
+    "IMAGENET_CLASSES": "flax_resnet.imagenet_classes",
+    "IMAGENET_SYNSETS": "flax_resnet.imagenet_classes",
 }
 
 
@@ -51,3 +65,7 @@ def __getattr__(name):
     import importlib
     return getattr(importlib.import_module(_LAZY[name]), name)
   raise AttributeError(f"module 'flax_resnet' has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted(list(globals()) + list(_LAZY))

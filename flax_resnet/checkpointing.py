@@ -30,7 +30,9 @@ class Checkpointer:
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=async_save),
+            max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
+            # a save cut short by a crash leaves `<step>.orbax-checkpoint-tmp`: remove it
+            cleanup_tmp_directories=True),
         item_names=("state", "meta"))
 
   def all_steps(self) -> list[int]:
@@ -77,8 +79,10 @@ class Checkpointer:
         failures.append((step, e))
         continue
       for bad_step, error in failures:
+        kept = self._set_aside(bad_step)
         print(f"warning: checkpoint at step {bad_step} in {self.directory} is unreadable "
-              f"({_first_line(error)}); resuming from step {step} instead", file=sys.stderr)
+              f"({_first_line(error)}); resuming from step {step} instead (the unreadable "
+              f"one is kept as {kept})", file=sys.stderr)
       return restored["state"], meta
     if failures:
       steps = ", ".join(str(s) for s, _ in failures)
@@ -86,6 +90,15 @@ class Checkpointer:
           f"no readable checkpoint in {self.directory} (steps {steps} failed: "
           f"{_first_line(failures[0][1])}); move that folder away to start afresh")
     return None
+
+  def _set_aside(self, step: int) -> str:
+    """Renames an unreadable checkpoint out of the manager's sight, so that the resumed run
+    can save that step again, while its files stay for inspection."""
+    if jax.process_index() == 0:
+      os.replace(os.path.join(self.directory, str(step)),
+                 os.path.join(self.directory, f"unreadable-{step}"))
+    self.manager.reload()
+    return os.path.join(self.directory, f"unreadable-{step}")
 
   def wait(self) -> None:
     """Blocks until every started save is complete on disk."""

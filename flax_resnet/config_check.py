@@ -9,7 +9,8 @@ from flax_resnet.models import SHORTCUT_OPTIONS, model_names
 # Every field the training loop reads; configs/default.py sets each one (a test checks that).
 FIELDS = frozenset("""
 model shortcut stride_in_1x1 zero_init_residual num_classes
-dataset data_dir image_size imagenet_train_augmentation imagenet_eval_crop
+dataset data_dir image_size imagenet_train_augmentation imagenet_eval_crop image_resize_antialias
+image_folder_check
 cifar_validation_split fashion_mnist_source_dir shuffle_buffer_size prefetch cache
 batch_size eval_batch_size num_epochs num_train_steps learning_rate lr_reference_batch_size
 lr_schedule lr_decay_epochs lr_decay_steps lr_decay_factor warmup_epochs warmup_steps
@@ -22,6 +23,7 @@ CHOICES = {
     "shortcut": SHORTCUT_OPTIONS,
     "imagenet_train_augmentation": ("paper", "inception"),
     "imagenet_eval_crop": ("center", "ten_crop"),
+    "image_folder_check": ("auto", "full", "header", "lazy"),
     "lr_schedule": ("step", "cosine", "constant"),
     "warmup_mode": ("linear", "constant"),
     "weight_decay_on": ("kernels", "all"),

@@ -31,6 +31,8 @@ def initialize_distributed(coordinator_address: str | None = None,
   Open MPI, ...) is tried only where such a cluster announces itself, so a laptop run is
   untouched.
   """
+  # CPU devices of several processes talk through gloo (GPU and TPU ignore this setting).
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if coordinator_address or (num_processes or 1) > 1:
     jax.distributed.initialize(coordinator_address, num_processes, process_id)
     return

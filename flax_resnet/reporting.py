@@ -78,10 +78,12 @@ class Reporter:
     self._mark = (step, now)
     rate = (step - last_step) * self.global_batch_size / max(now - last_time, 1e-9)
     if self.active:
-      left = (self.num_train_steps - step) * self.global_batch_size / max(rate, 1e-9)
+      speed = "compiling"
+      if step > last_step:
+        left = (self.num_train_steps - step) * self.global_batch_size / max(rate, 1e-9)
+        speed = f"{rate:,.0f} img/s | ETA {_duration(left)}"
       print(f"step {step}/{self.num_train_steps} | loss {float(metrics['train_loss']):.4f} | "
-            f"lr {float(metrics['learning_rate']):.4g} | {rate:,.0f} img/s | "
-            f"ETA {_duration(left)}", file=self.stream, flush=True)
+            f"lr {float(metrics['learning_rate']):.4g} | {speed}", file=self.stream, flush=True)
     return rate
 
   def say(self, text: str) -> None:

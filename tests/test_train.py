@@ -16,23 +16,11 @@ from flax_resnet import create_model, optim
 from flax_resnet.checkpointing import Checkpointer
 from flax_resnet.parallel import DataParallel
 from flax_resnet.train_step import AXIS, create_train_state, train_step
+from train_utils import ROOT, records, run_train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = ["--config.num_train_steps=24", "--config.log_every_steps=8",
          "--config.eval_every_steps=12", "--config.checkpoint_every_steps=12",
          "--config.batch_size=64", "--config.eval_batch_size=1000"]
-
-
-def run_train(workdir, data_dir, *flags, devices=8):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  cmd = [sys.executable, "train.py", "--config=configs/fashion_mnist.py",
-         f"--workdir={workdir}", f"--config.data_dir={data_dir}", *flags]
-  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-
-
-def records(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
 
 
 def test_train_py_end_to_end_and_resume(tmp_path, fashion_mnist_data_dir):

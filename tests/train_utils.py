@@ -1,0 +1,50 @@
+"""Helpers of the tests that run train.py as a user does."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import orbax.checkpoint as ocp
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def train_command(workdir, data_dir, *flags):
+  return [sys.executable, "train.py", "--config=configs/fashion_mnist.py",
+          f"--workdir={workdir}", f"--config.data_dir={data_dir}", *flags]
+
+
+def train_env(devices=8, **extra):
+  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+              PYTHONUNBUFFERED="1", **extra)
+
+
+def run_train(workdir, data_dir, *flags, devices=8):
+  return subprocess.run(train_command(workdir, data_dir, *flags), cwd=ROOT,
+                        env=train_env(devices), capture_output=True, text=True, timeout=600)
+
+
+def records(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def saved_state(workdir, step):
+  """The raw saved train state of `step`, as numpy arrays."""
+  import jax
+  path = os.path.join(os.path.abspath(workdir), "checkpoints", str(step), "state")
+  one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  with ocp.StandardCheckpointer() as checkpointer:
+    saved = checkpointer.metadata(path).item_metadata.tree
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device),
+                          saved)
+    return jax.device_get(checkpointer.restore(path, target))
+
+
+def assert_trees_equal(a, b):
+  import jax
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
