@@ -332,16 +332,20 @@ def _ten_crops_of(image: tf.Tensor, size: int, antialias: bool) -> tf.Tensor:
   return tf.concat([crops, tf.reverse(crops, axis=[2])], axis=0)
 
 
+def train_crop_window(image_shape: tf.Tensor, seed: tf.Tensor, size: int, augmentation: str,
+                      scale_range=PAPER_SCALE_RANGE) -> tf.Tensor:
+  """The training crop: the paper's scale augmentation ('paper') or an Inception crop."""
+  if augmentation == "paper":
+    return paper_crop_window(image_shape, seed, size, scale_range)
+  return inception_crop_window(image_shape, seed, size)
+
+
 def imagenet_train_image(jpeg: tf.Tensor, seed: tf.Tensor, size: int, augmentation: str,
                          antialias: bool = False,
                          spec: DatasetSpec = DATASETS["imagenet2012"]) -> tf.Tensor:
   """Encoded JPEG -> augmented, normalized (size, size, 3) float32."""
   crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-  shape = tf.io.extract_jpeg_shape(jpeg)
-  if augmentation == "paper":
-    window = paper_crop_window(shape, crop_seed, size)
-  else:
-    window = inception_crop_window(shape, crop_seed, size)
+  window = train_crop_window(tf.io.extract_jpeg_shape(jpeg), crop_seed, size, augmentation)
   image = _random_flip(_decode_window(jpeg, window, size, antialias), flip_seed)
   return tf.ensure_shape(_normalize(image, spec), [size, size, 3])
 
@@ -373,12 +377,8 @@ def folder_train_image(encoded: tf.Tensor, seed: tf.Tensor, size: int, augmentat
   ImageNet's crops, the paper's scale range [256, 480] scaled by size / 224."""
   crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
   image = _decode_any(encoded)
-  shape = tf.shape(image)
-  if augmentation == "paper":
-    scale_range = tuple(max(size, round(size * s / 224)) for s in PAPER_SCALE_RANGE)
-    window = paper_crop_window(shape, crop_seed, size, scale_range)
-  else:
-    window = inception_crop_window(shape, crop_seed, size)
+  scale_range = tuple(max(size, round(size * s / 224)) for s in PAPER_SCALE_RANGE)
+  window = train_crop_window(tf.shape(image), crop_seed, size, augmentation, scale_range)
   image = _random_flip(_crop_and_resize(image, window, size, antialias), flip_seed)
   return tf.ensure_shape(_normalize(image, spec), [size, size, 3])
 

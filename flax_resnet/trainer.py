@@ -157,7 +157,7 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
 
   pending: list[tuple[int, Any]] = []   # device metrics of steps not yet looked at
 
-  def flush(step: int) -> dict[str, float] | None:
+  def flush() -> dict[str, float] | None:
     """Fetches pending metrics; raises TrainingDiverged at the first non-finite loss."""
     if not pending:
       return None
@@ -174,7 +174,7 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
     return mean
 
   def save(step: int, state) -> None:
-    flush(step)  # never checkpoint a diverged state
+    flush()  # never checkpoint a diverged state
     checkpointer.save(step, parallel.get_state(state), meta)
 
   train_iter = input_pipeline.create_train_iterator(config, start_step=start_step)
@@ -190,11 +190,11 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
         if step == start_step + 1:
           reporter.restart_clock(step)  # the first step's time is mostly compilation
         if step % config.log_every_steps == 0 or step == num_train_steps:
-          summary = flush(step)
+          summary = flush()
           reporter.progress(step, summary)
           reporter.write(step, summary)
         if step % eval_every == 0 or step == num_train_steps:
-          flush(step)
+          flush()
           final = evaluate(state)
           reporter.write(step, final)
           reporter.say(f"step {step}: eval accuracy {final['eval_accuracy']:.4f}, top-5 "

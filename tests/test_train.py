@@ -232,3 +232,37 @@ def test_plot_overlay_command(tmp_path):
                           capture_output=True, text=True)
   assert result.returncode == 0, result.stderr
   assert out.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_step(dtype):
+  """bfloat16 compute, or float16 with dynamic loss scaling: an overflowing step is skipped
+  and the scale halves; a normal step trains and keeps float32 parameters."""
+  from flax_resnet.trainer import build_model
+  config = default.get_config()
+  config.update(dict(model="cifar_resnet20", batch_size=16, lr_reference_batch_size=0,
+                     half_precision=True, half_precision_dtype=dtype))
+  lr = optim.create_learning_rate_fn(config, 10, 100)
+  tx = optim.create_optimizer(config, lr)
+  model = build_model(config, num_classes=10)
+  state = create_train_state(model, tx, (16, 16, 3), jax.random.key(0),
+                             use_loss_scaling=dtype == "float16")
+  step = functools.partial(train_step, model=model, tx=tx, learning_rate_fn=lr, num_classes=10)
+  parallel = DataParallel("shard_map", jax.devices()[:2])
+  mapped = parallel.map_step(step, donate_state=False)
+  rng = np.random.default_rng(0)
+  batch = dict(image=rng.normal(size=(16, 16, 16, 3)).astype(np.float32),
+               label=rng.integers(0, 10, 16).astype(np.int32))
+  live = parallel.put_state(state)
+  after, metrics = mapped(live, parallel.put_batch(batch))
+  after = jax.device_get(after)
+  assert np.isfinite(parallel.get_metrics(metrics)["train_loss"])
+  assert all(p.dtype == np.float32 for p in jax.tree.leaves(after.params))
+  assert not np.allclose(after.params["fc"]["kernel"], state.params["fc"]["kernel"])
+  if dtype == "float16":
+    # a loss scale so large that float16 gradients overflow: the step must change nothing
+    huge = live.replace(dynamic_scale=live.dynamic_scale.replace(scale=jnp.float32(2.0**60)))
+    skipped, _ = mapped(huge, parallel.put_batch(batch))
+    skipped = jax.device_get(skipped)
+    jax.tree.map(np.testing.assert_array_equal, skipped.params, state.params)
+    assert float(skipped.dynamic_scale.scale) == 2.0**59
