@@ -504,6 +504,20 @@ def create_train_iterator(config, *, start_step: int = 0, process_index=None,
   return batches()
 
 
+def permuted_batch(host_key: tf.Tensor, step, epoch_steps: int, batch: int,
+                   num_examples: int):
+  """Indices of training batch `step` in an exact random permutation of each epoch, and the
+  step's augmentation seed: both functions of (host_key, step) alone, so a resumed run
+  computes batch k directly."""
+  epoch = step // epoch_steps
+  positions = (step - epoch * epoch_steps) * batch + tf.range(batch, dtype=tf.int64)
+  epoch_key = tf.random.experimental.stateless_fold_in(host_key, epoch)
+  order_key, augment_key = tf.unstack(tf.random.experimental.stateless_split(epoch_key, 2))
+  indices = tf.random.experimental.index_shuffle(
+      positions, order_key, tf.constant(num_examples - 1, tf.int64))
+  return indices, tf.random.experimental.stateless_fold_in(augment_key, step)
+
+
 def _in_memory_train_dataset(builder, split, preprocess: _Preprocessors, host_seed: int,
                              batch: int, start_step: int) -> tf.data.Dataset:
   """Endless batches from the decoded split held in memory, starting at `start_step`.
@@ -517,14 +531,8 @@ def _in_memory_train_dataset(builder, split, preprocess: _Preprocessors, host_se
   host_key = tf.constant([host_seed, 0], tf.int64)
 
   def batch_at(step):
-    epoch = step // epoch_steps
-    positions = (step - epoch * epoch_steps) * batch + tf.range(batch, dtype=tf.int64)
-    epoch_key = tf.random.experimental.stateless_fold_in(host_key, epoch)
-    order_key, augment_key = tf.unstack(tf.random.experimental.stateless_split(epoch_key, 2))
-    indices = tf.random.experimental.index_shuffle(
-        positions, order_key, tf.constant(num_examples - 1, tf.int64))
+    indices, augment_seed = permuted_batch(host_key, step, epoch_steps, batch, num_examples)
     images = tf.gather(examples["image"], indices)
-    augment_seed = tf.random.experimental.stateless_fold_in(augment_key, step)
     return {"image": preprocess.train_batch(images, augment_seed),
             "label": tf.cast(tf.gather(examples["label"], indices), tf.int32)}
 
@@ -643,15 +651,8 @@ def _folder_train_iterator(config, start_step: int, process_index: int, process_
 
   def batch_indices_and_seeds(step):
     """The files of batch `step` (exact per-epoch permutation) and their augmentation seeds."""
-    epoch = step // epoch_steps
-    positions = (step - epoch * epoch_steps) * batch + tf.range(batch, dtype=tf.int64)
-    epoch_key = tf.random.experimental.stateless_fold_in(host_key, epoch)
-    order_key, augment_key = tf.unstack(tf.random.experimental.stateless_split(epoch_key, 2))
-    indices = tf.random.experimental.index_shuffle(
-        positions, order_key, tf.constant(per_host - 1, tf.int64))
-    seeds = tf.random.experimental.stateless_split(
-        tf.random.experimental.stateless_fold_in(augment_key, step), batch)
-    return indices, seeds
+    indices, augment_seed = permuted_batch(host_key, step, epoch_steps, batch, per_host)
+    return indices, tf.random.experimental.stateless_split(augment_seed, batch)
 
   paths_t, labels_t = tf.constant(paths), tf.constant(labels)
 
