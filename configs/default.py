@@ -17,6 +17,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.stride_in_1x1 = False          # True: the paper's v1 bottleneck; False: v1.5
   config.zero_init_residual = False
   config.num_classes = 0                # 0: the dataset's number of classes
+  # True: nn.scan compiles the repeated blocks of each stage once, for a faster first step of
+  # deep nets (benchmarks/README.md). Checkpoints hold the unrolled layout either way.
+  config.scan_blocks = False
 
   # Data (flax_resnet.input_pipeline).
   config.dataset = "imagenet2012"
@@ -26,6 +29,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.imagenet_eval_crop = "center"           # 'center' (256 -> 224) | 'ten_crop'
   config.image_resize_antialias = False          # True: PIL/torchvision-like, ~2x slower
   config.image_folder_check = "auto"             # image_folder: 'auto' | 'full' | 'header' | 'lazy'
+  # CIFAR-10, Fashion-MNIST: zero padding before the random crop (None: the paper's 4 pixels;
+  # 0: flips only, for runs too short to profit from crops).
+  config.crop_padding = ml_collections.FieldReference(None, field_type=int)
   config.cifar_validation_split = False          # True: train on 45k, evaluate on held-out 5k
   config.fashion_mnist_source_dir = "/usr/share/datasets/fashion-mnist"
   config.shuffle_buffer_size = 16_384

@@ -8,9 +8,9 @@ from flax_resnet.models import SHORTCUT_OPTIONS, model_names
 
 # Every field the training loop reads; configs/default.py sets each one (a test checks that).
 FIELDS = frozenset("""
-model shortcut stride_in_1x1 zero_init_residual num_classes
+model shortcut stride_in_1x1 zero_init_residual num_classes scan_blocks
 dataset data_dir image_size imagenet_train_augmentation imagenet_eval_crop image_resize_antialias
-image_folder_check
+image_folder_check crop_padding
 cifar_validation_split fashion_mnist_source_dir shuffle_buffer_size prefetch cache
 batch_size eval_batch_size num_epochs num_train_steps learning_rate lr_reference_batch_size
 lr_schedule lr_decay_epochs lr_decay_steps lr_decay_factor warmup_epochs warmup_steps
@@ -64,5 +64,8 @@ def check_config(config) -> None:
   for field in ("batch_size", "log_every_steps", "keep_checkpoints"):
     if config[field] <= 0:
       raise ConfigError(f"config.{field} must be positive, not {config[field]}")
+  if config.crop_padding is not None and config.crop_padding < 0:
+    raise ConfigError(f"config.crop_padding must be >= 0 (or None for the dataset's default), "
+                      f"not {config.crop_padding}")
   if config.num_train_steps <= 0 and config.num_epochs <= 0:
     raise ConfigError("set config.num_epochs or config.num_train_steps to a positive number")

@@ -431,13 +431,13 @@ def _preprocessors(config) -> _Preprocessors:
                                                     antialias, spec),
         eval=lambda ex: imagenet_eval_image(ex["image"], size, crop, antialias, spec),
         decoders={"image": tfds.decode.SkipDecoding()})
+  pad = int(_get(config, "crop_padding", spec.pad))
   # Batches and single images alike: pad_crop_flip and _normalize are batched.
   return _Preprocessors(
-      train=lambda ex, seed: _normalize(
-          pad_crop_flip(ex["image"][None], seed, spec.pad)[0], spec),
+      train=lambda ex, seed: _normalize(pad_crop_flip(ex["image"][None], seed, pad)[0], spec),
       eval=lambda ex: _normalize(ex["image"], spec),
       decoders=None,
-      train_batch=lambda images, seed: _normalize(pad_crop_flip(images, seed, spec.pad), spec))
+      train_batch=lambda images, seed: _normalize(pad_crop_flip(images, seed, pad), spec))
 
 
 def _options() -> tf.data.Options:

@@ -293,6 +293,18 @@ def test_cifar_train_is_pad_crop_flip_of_the_source(fake_tfds, cache):
   _assert_same_batches(batches[1:], [resumed])
 
 
+def test_crop_padding_zero_leaves_flips_only(fake_tfds):
+  config = _config(dataset="cifar10", data_dir=fake_tfds, batch_size=64, crop_padding=0)
+  batch = next(ip.create_train_iterator(config, process_index=0, process_count=1))
+  images = _denormalize_cifar(batch["image"])
+  flipped = []
+  for image, index in zip(images, _cifar_ids(images)):
+    source = _cifar_source(index)
+    assert np.array_equal(image, source) or np.array_equal(image, source[:, ::-1])
+    flipped.append(not np.array_equal(image, source))
+  assert 0 < sum(flipped) < len(flipped)
+
+
 def test_cifar_eval_is_the_original_image(fake_tfds):
   config = _config(dataset="cifar10", data_dir=fake_tfds, batch_size=16)
   batches = list(ip.create_eval_iterator(config, process_index=0, process_count=1))

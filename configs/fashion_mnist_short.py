@@ -1,0 +1,16 @@
+"""The quick start cut to about 13 minutes on 2 CPU cores: 5 epochs, flips without crops.
+
+    python train.py --config=configs/fashion_mnist_short.py --workdir=workdirs/fashion_mnist_short
+
+Five epochs are too few for the 4-pixel random crops to pay off: the network still underfits
+them when the cosine schedule ends. Flips alone keep some augmentation at no cost.
+"""
+
+from configs import fashion_mnist
+
+
+def get_config():
+  config = fashion_mnist.get_config()
+  config.num_epochs = 5
+  config.crop_padding = 0
+  return config
