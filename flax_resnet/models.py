@@ -18,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from flax_resnet.conv import canonical_conv
+
 Dtype = Any
 
 # He et al. initialize convolutions with a zero-mean normal of variance 2 / fan_out ("MSRA").
@@ -212,6 +214,9 @@ class Stage(nn.Module):
       kwargs = {}
       if isinstance(block, functools.partial):
         block, kwargs = block.func, dict(block.keywords)
+      if "conv" in kwargs and jax.default_backend() == "cpu":
+        # XLA:CPU leaves the gradient convolutions of a loop body in a slow layout (conv.py).
+        kwargs["conv"] = functools.partial(kwargs["conv"], conv_general_dilated=canonical_conv)
       scanned = nn.scan(_scan_step(block), variable_axes={"params": 0, "batch_stats": 0},
                         split_rngs={"params": True}, length=repeated)
       x, _ = scanned(self.features, strides=1, name=SCANNED_BLOCKS, **kwargs)(x, None)
@@ -347,6 +352,24 @@ def scanned_to_unrolled(tree):
     else:
       out[key] = scanned_to_unrolled(value)
   return out
+
+
+def _is_network_tree(tree) -> bool:
+  return isinstance(tree, Mapping) and any(_STAGE.fullmatch(str(k)) for k in tree)
+
+
+def to_unrolled_layout(tree):
+  """`scanned_to_unrolled` applied to every network-shaped part of any pytree: a TrainState's
+  params, batch_stats and the optimizer's momentum alike. Checkpoints hold this layout, so a
+  run may switch `scan_blocks` when it resumes."""
+  return jax.tree.map(lambda x: scanned_to_unrolled(x) if _is_network_tree(x) else x, tree,
+                      is_leaf=_is_network_tree)
+
+
+def to_scanned_layout(tree):
+  """The inverse of `to_unrolled_layout`."""
+  return jax.tree.map(lambda x: unrolled_to_scanned(x) if _is_network_tree(x) else x, tree,
+                      is_leaf=_is_network_tree)
 
 
 # --- Named networks -------------------------------------------------------------------------

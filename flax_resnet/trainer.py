@@ -20,7 +20,7 @@ import numpy as np
 from flax_resnet import optim
 from flax_resnet.checkpointing import Checkpointer, CheckpointError
 from flax_resnet.config_check import ConfigError, check_config
-from flax_resnet.models import create_model
+from flax_resnet.models import create_model, to_scanned_layout, to_unrolled_layout
 from flax_resnet.parallel import DataParallel
 from flax_resnet.reporting import Reporter
 from flax_resnet.train_step import AXIS, create_train_state, eval_step, train_step
@@ -40,7 +40,8 @@ def build_model(config, num_classes: int):
   return create_model(config.model, num_classes=num_classes, shortcut=config.shortcut,
                       stride_in_1x1=config.stride_in_1x1,
                       zero_init_residual=config.zero_init_residual,
-                      dtype=compute_dtype(config), axis_name=AXIS)
+                      scan_blocks=config.scan_blocks, dtype=compute_dtype(config),
+                      axis_name=AXIS)
 
 
 def _prepare_workdir(workdir: str) -> str:
@@ -122,13 +123,16 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
   abstract = jax.eval_shape(make_state, jax.random.key(config.seed))
   replicated = parallel.replicated_sharding()
+  # Checkpoints hold the unrolled layout whatever config.scan_blocks is (models.py).
+  saved_layout = to_unrolled_layout if config.scan_blocks else (lambda tree: tree)
+  abstract = jax.eval_shape(saved_layout, abstract)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
                           abstract)
   restored = checkpointer.restore_latest(abstract, check_meta)
   if restored is None:
     state = jax.jit(make_state, out_shardings=replicated)(jax.random.key(config.seed))
   else:
-    state = restored[0]
+    state = to_scanned_layout(restored[0]) if config.scan_blocks else restored[0]
   start_step = int(jax.device_get(state.step))
   state = parallel.put_state(state)
 
@@ -175,7 +179,7 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
 
   def save(step: int, state) -> None:
     flush()  # never checkpoint a diverged state
-    checkpointer.save(step, parallel.get_state(state), meta)
+    checkpointer.save(step, saved_layout(parallel.get_state(state)), meta)
 
   train_iter = input_pipeline.create_train_iterator(config, start_step=start_step)
   final: dict[str, Any] = {}

@@ -1,7 +1,9 @@
 """`scan_blocks=True` (blocks 2..N of a stage compiled once with nn.scan) computes what the
-default unrolled network computes, and the layout mappings between the two are exact inverses."""
+default unrolled network computes, the layout mappings between the two are exact inverses,
+and on the CPU the scanned blocks keep the fast convolution kernels."""
 
 import functools
+import re
 import types
 
 import jax
@@ -10,9 +12,12 @@ import numpy as np
 import pytest
 
 from flax_resnet import optim
-from flax_resnet.models import create_model, scanned_to_unrolled, unrolled_to_scanned
+from flax_resnet.conv import canonical_conv
+from flax_resnet.models import (create_model, scanned_to_unrolled, to_scanned_layout,
+                                to_unrolled_layout, unrolled_to_scanned)
 from flax_resnet.parallel import DataParallel
 from flax_resnet.train_step import AXIS, TrainState, create_train_state, train_step
+from train_utils import run_train, saved_state
 
 # A narrow CIFAR ResNet-20 (3 blocks per stage, option A shortcuts) and a narrow bottleneck
 # net with projection shortcuts everywhere (option C: the scanned blocks have a shortcut too).
@@ -129,3 +134,94 @@ def test_mixed_layout_is_rejected():
   del stage["block2"]
   with pytest.raises(ValueError, match="block1..blockN"):
     unrolled_to_scanned({"stage1": stage})
+
+
+# --- the CPU convolution of scanned blocks ---------------------------------------------------
+
+CONV_CASES = [  # input, kernel, strides, padding: every convolution a ResNet has, and odd sizes
+    ((2, 8, 8, 3), (3, 3, 3, 5), (1, 1), ((1, 1), (1, 1))),
+    ((2, 9, 9, 3), (3, 3, 3, 5), (2, 2), ((1, 1), (1, 1))),
+    ((2, 8, 8, 3), (3, 3, 3, 5), (2, 2), "SAME"),
+    ((2, 9, 7, 3), (1, 1, 3, 5), (2, 2), "VALID"),
+    ((2, 16, 16, 3), (7, 7, 3, 4), (2, 2), ((3, 3), (3, 3))),
+    ((2, 15, 15, 3), (7, 7, 3, 4), (2, 2), "SAME"),
+]
+
+
+@pytest.mark.parametrize("x_shape,w_shape,strides,padding", CONV_CASES)
+def test_canonical_conv_has_the_gradients_of_lax_conv(x_shape, w_shape, strides, padding):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
+  w = jnp.asarray(rng.standard_normal(w_shape), jnp.float32)
+  reference = lambda x, w: jax.lax.conv_general_dilated(
+      x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  ours = lambda x, w: canonical_conv(x, w, strides, padding)
+  y, reference_vjp = jax.vjp(reference, x, w)
+  our_y, our_vjp = jax.vjp(ours, x, w)
+  np.testing.assert_allclose(our_y, y, rtol=1e-6, atol=1e-6)
+  dy = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+  for ours_grad, grad in zip(our_vjp(dy), reference_vjp(dy)):
+    assert ours_grad.shape == grad.shape and ours_grad.dtype == grad.dtype
+    np.testing.assert_allclose(ours_grad, grad, rtol=1e-5, atol=1e-5)
+
+
+def _non_canonical_convolutions(model, size):
+  """Convolutions of the compiled train-mode gradient that XLA:CPU runs without its
+  Eigen/YNNPACK kernels (dimension numbers other than NHWC x HWIO -> NHWC)."""
+  x = _images(size)
+  variables = model.init(jax.random.key(0), x)
+
+  def loss(params):
+    logits, _ = model.apply({**variables, "params": params}, x, train=True,
+                            mutable=["batch_stats"])
+    return logits.sum()
+
+  hlo = jax.jit(jax.grad(loss)).lower(variables["params"]).compile().as_text()
+  labels = re.findall(r"dim_labels=(\S+?)[,\s]", hlo)
+  assert labels, "no convolution found in the compiled step"
+  return [label for label in labels if label != "b01f_01io->b01f"]
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU layout question")
+def test_scanned_blocks_keep_cpu_convolutions_canonical():
+  """XLA:CPU canonicalizes convolutions only outside loops; the scanned blocks' backward pass
+  must not leave any permuted convolution in the loop body (10-18x slower steps)."""
+  name, overrides, size = "cifar_resnet20", dict(widths=(4, 8, 16)), 16
+  unrolled = _non_canonical_convolutions(create_model(name, **overrides), size)
+  scanned = _non_canonical_convolutions(create_model(name, scan_blocks=True, **overrides), size)
+  assert len(scanned) <= len(unrolled), scanned
+
+
+def test_layout_of_a_whole_train_state():
+  """Optimizer momentum is laid out like the params, so a checkpoint maps as a whole."""
+  name, overrides, size = SMALL[1]
+  tx, _ = _optimizer()
+  state = create_train_state(create_model(name, **overrides), tx, (size, size, 3),
+                             jax.random.key(0))
+  scanned = to_scanned_layout(state)
+  scanned_model = create_model(name, scan_blocks=True, **overrides)
+  fresh = create_train_state(scanned_model, tx, (size, size, 3), jax.random.key(0))
+  assert jax.tree.structure(scanned) == jax.tree.structure(fresh)
+  assert jax.tree.map(jnp.shape, scanned) == jax.tree.map(jnp.shape, fresh)
+  _assert_trees_close(to_unrolled_layout(scanned), state, rtol=0, atol=0)
+
+
+def test_train_py_with_scanned_blocks_writes_unrolled_checkpoints(tmp_path,
+                                                                  fashion_mnist_data_dir):
+  """A run with scan_blocks=True saves the unrolled layout, and a run without it resumes."""
+  workdir = tmp_path / "run"
+  flags = ["--config.log_every_steps=4", "--config.eval_every_steps=8",
+           "--config.checkpoint_every_steps=4", "--config.batch_size=32",
+           "--config.eval_batch_size=1000", "--config.plot=False"]
+  first = run_train(workdir, fashion_mnist_data_dir, *flags, "--config.num_train_steps=4",
+                    "--config.scan_blocks=True")
+  assert first.returncode == 0, first.stderr[-3000:]
+  params = saved_state(workdir, 4)["params"]
+  assert "block3" in params["stage2"] and "blocks" not in params["stage2"]
+  second = run_train(workdir, fashion_mnist_data_dir, *flags, "--config.num_train_steps=8")
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert "resuming at step 4" in second.stdout
+  third = run_train(workdir, fashion_mnist_data_dir, *flags, "--config.num_train_steps=12",
+                    "--config.scan_blocks=True")
+  assert third.returncode == 0, third.stderr[-3000:]
+  assert "resuming at step 8" in third.stdout
