@@ -218,7 +218,8 @@ def test_train_py_with_scanned_blocks_writes_unrolled_checkpoints(tmp_path,
   assert first.returncode == 0, first.stderr[-3000:]
   params = saved_state(workdir, 4)["params"]
   assert "block3" in params["stage2"] and "blocks" not in params["stage2"]
-  second = run_train(workdir, fashion_mnist_data_dir, *flags, "--config.num_train_steps=8")
+  second = run_train(workdir, fashion_mnist_data_dir, *flags, "--config.num_train_steps=8",
+                     "--config.scan_blocks=False")
   assert second.returncode == 0, second.stderr[-3000:]
   assert "resuming at step 4" in second.stdout
   third = run_train(workdir, fashion_mnist_data_dir, *flags, "--config.num_train_steps=12",
