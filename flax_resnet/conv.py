@@ -50,17 +50,15 @@ def _backward(strides, padding, precision, residuals, dy):
   (kh, kw), in_hw, out_hw = w.shape[:2], x.shape[1:3], dy.shape[1:3]
   # Input gradient: dy, dilated by the stride, convolved with the spatially flipped kernel
   # whose in/out channels are swapped (HWIO -> HWOI read as HWIO).
-  w_flipped = w[::-1, ::-1].transpose(0, 1, 3, 2)
-  dx_padding = []
+  # Weight gradient: a convolution over the batch, with channels in place of the batch
+  # (x as C_in x H x W x N, dy as H' x W' x N x C_out, dilated by the stride).
+  dx_padding, dw_padding = [], []
   for k, n, m, s, (low, _) in zip((kh, kw), in_hw, out_hw, strides, padding):
     before = k - 1 - low
     dx_padding.append((before, n - (m - 1) * s - 1 - before + k - 1))
-  dx = _conv(dy, w_flipped, (1, 1), dx_padding, lhs_dilation=strides, precision=precision)
-  # Weight gradient: a convolution over the batch, with channels in place of the batch
-  # (x as C_in x H x W x N, dy as H' x W' x N x C_out, dilated by the stride).
-  dw_padding = []
-  for k, n, m, s, (low, _) in zip((kh, kw), in_hw, out_hw, strides, padding):
     dw_padding.append((low, k + (m - 1) * s - n - low))
+  w_flipped = w[::-1, ::-1].transpose(0, 1, 3, 2)
+  dx = _conv(dy, w_flipped, (1, 1), dx_padding, lhs_dilation=strides, precision=precision)
   dw = _conv(x.transpose(3, 1, 2, 0), dy.transpose(1, 2, 0, 3), (1, 1), dw_padding,
              rhs_dilation=strides, precision=precision)
   return dx, dw.transpose(1, 2, 0, 3).astype(w.dtype)

@@ -134,7 +134,10 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
   abstract = jax.eval_shape(make_state, jax.random.key(config.seed))
   replicated = parallel.replicated_sharding()
   # Checkpoints hold the unrolled layout whatever config.scan_blocks is (models.py).
-  saved_layout = to_unrolled_layout if model.scan_blocks else (lambda tree: tree)
+  if model.scan_blocks:
+    saved_layout, model_layout = to_unrolled_layout, to_scanned_layout
+  else:
+    saved_layout = model_layout = lambda tree: tree
   abstract = jax.eval_shape(saved_layout, abstract)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
                           abstract)
@@ -142,7 +145,7 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
   if restored is None:
     state = jax.jit(make_state, out_shardings=replicated)(jax.random.key(config.seed))
   else:
-    state = to_scanned_layout(restored[0]) if model.scan_blocks else restored[0]
+    state = model_layout(restored[0])
   start_step = int(jax.device_get(state.step))
   state = parallel.put_state(state)
 
