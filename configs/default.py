@@ -13,6 +13,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Model: a name of flax_resnet.create_model and ResNet field overrides.
   config.model = "resnet50"
+  config.widths = ()                    # base width of each stage; (): the model's own
   config.shortcut = "B"
   config.stride_in_1x1 = False          # True: the paper's v1 bottleneck; False: v1.5
   config.zero_init_residual = False

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import difflib
 
-from flax_resnet.models import SHORTCUT_OPTIONS, model_names
+from flax_resnet.models import MODEL_SPECS, SHORTCUT_OPTIONS, model_names
 
 # Every field the training loop reads; configs/default.py sets each one (a test checks that).
 FIELDS = frozenset("""
-model shortcut stride_in_1x1 zero_init_residual num_classes scan_blocks
+model widths shortcut stride_in_1x1 zero_init_residual num_classes scan_blocks
 dataset data_dir image_size imagenet_train_augmentation imagenet_eval_crop image_resize_antialias
 image_folder_check crop_padding
 cifar_validation_split fashion_mnist_source_dir shuffle_buffer_size prefetch cache
@@ -54,6 +54,12 @@ def check_config(config) -> None:
   if config.model not in model_names():
     raise ConfigError(f"unknown model {config.model!r}; valid models: "
                       f"{', '.join(model_names())}")
+  stages = len(MODEL_SPECS[config.model]["stage_sizes"])
+  if config.widths and (len(config.widths) != stages
+                        or not all(isinstance(w, int) and w > 0 for w in config.widths)):
+    raise ConfigError(f"config.widths={tuple(config.widths)} must be {stages} positive integers "
+                      f"(one per stage of {config.model}), or () for the model's own "
+                      f"{MODEL_SPECS[config.model]['widths']}")
   from flax_resnet import input_pipeline  # imports TensorFlow: only when training
   if config.dataset not in input_pipeline.DATASETS:
     raise ConfigError(f"unknown dataset {config.dataset!r}; valid datasets: "

@@ -20,7 +20,7 @@ import numpy as np
 from flax_resnet import optim
 from flax_resnet.checkpointing import Checkpointer, CheckpointError
 from flax_resnet.config_check import ConfigError, check_config
-from flax_resnet.models import create_model, to_scanned_layout, to_unrolled_layout
+from flax_resnet.models import MODEL_SPECS, create_model, to_scanned_layout, to_unrolled_layout
 from flax_resnet.parallel import DataParallel
 from flax_resnet.reporting import Reporter
 from flax_resnet.train_step import AXIS, create_train_state, eval_step, train_step
@@ -51,7 +51,7 @@ def build_model(config, num_classes: int):
                       stride_in_1x1=config.stride_in_1x1,
                       zero_init_residual=config.zero_init_residual,
                       scan_blocks=scan_blocks(config), dtype=compute_dtype(config),
-                      axis_name=AXIS)
+                      axis_name=AXIS, **({"widths": tuple(config.widths)} if config.widths else {}))
 
 
 def _prepare_workdir(workdir: str) -> str:
@@ -119,16 +119,20 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
   make_state = functools.partial(
       create_train_state, model, tx, info.image_shape,
       use_loss_scaling=config.half_precision and config.half_precision_dtype == "float16")
-  meta = {"model": config.model, "dataset": config.dataset, "num_classes": num_classes,
-          "image_shape": list(info.image_shape), "config": config.to_dict()}
+  meta = {"model": config.model, "widths": list(model.widths), "dataset": config.dataset,
+          "num_classes": num_classes, "image_shape": list(info.image_shape),
+          "config": config.to_dict()}
+  default_widths = list(MODEL_SPECS[config.model]["widths"])
 
   def check_meta(saved):
-    if (saved.get("model"), saved.get("dataset"), saved.get("num_classes")) != (
-        meta["model"], meta["dataset"], meta["num_classes"]):
+    saved_widths = saved.get("widths", default_widths)  # checkpoints before config.widths
+    if (saved.get("model"), saved_widths, saved.get("dataset"), saved.get("num_classes")) != (
+        meta["model"], meta["widths"], meta["dataset"], meta["num_classes"]):
       raise CheckpointError(
-          f"{workdir} holds checkpoints of {saved.get('model')} on {saved.get('dataset')} "
-          f"({saved.get('num_classes')} classes), but this config trains {meta['model']} on "
-          f"{meta['dataset']} ({num_classes} classes); use another --workdir")
+          f"{workdir} holds checkpoints of {saved.get('model')} (widths {saved_widths}) on "
+          f"{saved.get('dataset')} ({saved.get('num_classes')} classes), but this config "
+          f"trains {meta['model']} (widths {meta['widths']}) on {meta['dataset']} "
+          f"({num_classes} classes); use another --workdir")
 
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
   abstract = jax.eval_shape(make_state, jax.random.key(config.seed))

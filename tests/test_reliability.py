@@ -159,15 +159,19 @@ def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path, fashion_mnis
   assert "35" in checkpoint_entries(workdir)
 
 
+@pytest.mark.parametrize("flag,message", [
+    ("--config.model=cifar_resnet32", "this config trains cifar_resnet32 (widths [16, 32, 64])"),
+    ("--config.widths=(16,32,32)", "this config trains cifar_resnet20 (widths [16, 32, 32])"),
+])
 def test_workdir_of_another_model_is_refused_untouched(tmp_path, fashion_mnist_data_dir,
-                                                       uninterrupted):
+                                                       uninterrupted, flag, message):
   workdir = tmp_path / "other"
   shutil.copytree(uninterrupted, workdir)
   listing = sorted(os.listdir(workdir))
-  result = run_train(workdir, fashion_mnist_data_dir, *SHORT, "--config.model=cifar_resnet32",
-                     devices=2)
+  result = run_train(workdir, fashion_mnist_data_dir, *SHORT, flag, devices=2)
   assert result.returncode == 1
-  assert "holds checkpoints of cifar_resnet20" in result.stderr
+  assert "holds checkpoints of cifar_resnet20 (widths [16, 32, 64])" in result.stderr
+  assert message in result.stderr
   assert "Traceback" not in result.stderr
   assert sorted(os.listdir(workdir)) == listing
   assert_trees_equal(saved_state(workdir, STEPS), saved_state(uninterrupted, STEPS))
