@@ -1,4 +1,4 @@
-"""A 2-D convolution whose gradients XLA:CPU runs fast inside loops (`nn.scan`).
+"""Convolution gradients that XLA:CPU runs fast: `canonical_conv` (in loops) and `materialize`.
 
 JAX differentiates a NHWC/HWIO convolution into two convolutions with permuted dimension
 numbers (input gradient: kernel 'HWOI'; weight gradient: 'CHWN' x 'HWNO'). XLA:CPU turns
@@ -11,6 +11,12 @@ ResNet train steps with scanned blocks ran 10-18x slower on the CPU.
 backward convolutions in the canonical layout itself, with the transposes as ordinary
 operations, so that they are fast wherever they are. `models.Stage` uses it for scanned
 blocks on the CPU; elsewhere the plain `lax.conv_general_dilated` is used.
+
+`materialize` writes a block's output to memory once. Without it XLA:CPU fuses the cheap
+elementwise chain of the residual stream (BatchNorm, addition, ReLU of every earlier block of
+the stage) into each consumer, including the transposes that feed the weight-gradient
+convolutions, and so recomputes the whole chain there with strided reads: on cifar_resnet20
+those transposes took 37% of an unrolled step (benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -85,3 +91,18 @@ def canonical_conv(inputs, kernel, window_strides: Sequence[int], padding, lhs_d
   strides = tuple(int(s) for s in window_strides)
   padding = _explicit_padding(padding, inputs.shape[1:3], kernel.shape[:2], strides)
   return _canonical_conv(inputs, kernel, strides, padding, precision)
+
+
+def materialize(x):
+  """`x`, computed once into memory before its consumers run (on the CPU backend only).
+
+  A conditional is a fusion barrier that XLA keeps (`lax.optimization_barrier` is expanded
+  before fusion on the CPU). Both branches return `x` unchanged (`v * 1.0` is exact; two
+  identical branches would be merged away), so the values and gradients are those of `x`, and
+  the conditional costs nothing: its result aliases its operand. On GPU and TPU it would only
+  break useful fusions, so there `x` is returned as it is.
+  """
+  if jax.default_backend() != "cpu":
+    return x
+  first = x.reshape(-1)[0]
+  return lax.cond(first == first, lambda v: v, lambda v: v * 1.0, x)

@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from flax_resnet.conv import canonical_conv
+from flax_resnet.conv import canonical_conv, materialize
 
 Dtype = Any
 
@@ -28,6 +28,11 @@ he_normal = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 SHORTCUT_OPTIONS = ("A", "B", "C")
 PADDING_MODES = ("symmetric", "same")
 SCANNED_BLOCKS = "blocks"  # name of a stage's scanned blocks 2..N (see `Stage`)
+
+
+def materialized_relu(x):
+  """ReLU whose output XLA:CPU computes once instead of inside each consumer (conv.materialize)."""
+  return materialize(nn.relu(x))
 
 
 def _padding(kernel: int, mode: str):
@@ -87,7 +92,7 @@ class BasicBlock(nn.Module):
   shortcut: str = "B"
   conv: Callable[..., nn.Module] = nn.Conv
   norm: Callable[..., nn.Module] = nn.BatchNorm
-  act: Callable = nn.relu
+  act: Callable = materialized_relu
   padding: str = "symmetric"
   zero_init_last_bn: bool = False
   residual = True
@@ -118,7 +123,7 @@ class BottleneckBlock(nn.Module):
   shortcut: str = "B"
   conv: Callable[..., nn.Module] = nn.Conv
   norm: Callable[..., nn.Module] = nn.BatchNorm
-  act: Callable = nn.relu
+  act: Callable = materialized_relu
   padding: str = "symmetric"
   zero_init_last_bn: bool = False
   stride_in_1x1: bool = False
@@ -161,7 +166,7 @@ class Stem(nn.Module):
   kind: str = "imagenet"
   conv: Callable[..., nn.Module] = nn.Conv
   norm: Callable[..., nn.Module] = nn.BatchNorm
-  act: Callable = nn.relu
+  act: Callable = materialized_relu
   padding: str = "symmetric"
 
   @nn.compact
