@@ -18,10 +18,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.stride_in_1x1 = False          # True: the paper's v1 bottleneck; False: v1.5
   config.zero_init_residual = False
   config.num_classes = 0                # 0: the dataset's number of classes
-  # Compile the repeated blocks of each stage once (nn.scan). None: on the CPU only (not for
-  # float16 compute), where ResNet-152's first step compiles 2.7x faster and steps run faster
-  # too; on GPU it cost 33% (benchmarks/README.md). Checkpoints hold the unrolled layout.
-  config.scan_blocks = ml_collections.FieldReference(None, field_type=bool)
+  # Compile the repeated blocks of each stage once (nn.scan): ResNet-152's first step comes
+  # 2x sooner on the CPU, but steps run 6-19% slower there and 33% slower on an H100
+  # (benchmarks/README.md), so it is for quick starts of deep nets. Checkpoints hold the
+  # unrolled layout either way: a run may resume with the other setting.
+  config.scan_blocks = False
 
   # Data (flax_resnet.input_pipeline).
   config.dataset = "imagenet2012"

@@ -36,22 +36,13 @@ def compute_dtype(config):
   return jnp.float16 if config.half_precision_dtype == "float16" else jnp.bfloat16
 
 
-def scan_blocks(config) -> bool:
-  """config.scan_blocks, where None means: on the CPU (faster there, slower on GPU), except
-  for float16 compute, whose first steps overflowed the initial loss scale when scanned on the
-  CPU (tests/test_train.py::test_half_precision_step)."""
-  if config.scan_blocks is None:
-    float16 = config.half_precision and config.half_precision_dtype == "float16"
-    return jax.default_backend() == "cpu" and not float16
-  return bool(config.scan_blocks)
-
-
 def build_model(config, num_classes: int):
+  widths = {"widths": tuple(config.widths)} if config.widths else {}  # (): the model's own
   return create_model(config.model, num_classes=num_classes, shortcut=config.shortcut,
                       stride_in_1x1=config.stride_in_1x1,
                       zero_init_residual=config.zero_init_residual,
-                      scan_blocks=scan_blocks(config), dtype=compute_dtype(config),
-                      axis_name=AXIS, **({"widths": tuple(config.widths)} if config.widths else {}))
+                      scan_blocks=config.scan_blocks, dtype=compute_dtype(config),
+                      axis_name=AXIS, **widths)
 
 
 def _prepare_workdir(workdir: str) -> str:
