@@ -4,8 +4,9 @@
 
 Data: Debian's dataset-fashion-mnist files (or TFDS's download where there is internet),
 prepared once into a TFDS dataset. 28x28x1 images, 4-pixel pad + random crop + flip.
-The paper's CIFAR recipe (SGD 0.9, wd 1e-4, option A shortcuts) with a cosine schedule
-fitted to a short run.
+The paper's CIFAR recipe (SGD 0.9, option A shortcuts) with a cosine schedule fitted to a
+short run, weight decay 5e-4 and label smoothing 0.1: 94.65% test accuracy, against 94.34%
+with the paper's 1e-4 and no smoothing (README).
 """
 
 from configs import cifar10
@@ -20,6 +21,8 @@ def get_config():
   config.lr_schedule = "cosine"
   config.lr_decay_steps = ()
   config.warmup_epochs = 0.2
+  config.weight_decay = 5e-4
+  config.label_smoothing = 0.1
   config.eval_every_steps = 0           # every epoch
   config.checkpoint_every_steps = 0     # every epoch
   config.log_every_steps = 50

@@ -13,4 +13,6 @@ def get_config():
   config = fashion_mnist.get_config()
   config.num_epochs = 5
   config.crop_padding = 0
+  config.weight_decay = 1e-4            # as measured (README); the full config's 5e-4 and
+  config.label_smoothing = 0.0          # smoothing 0.1 are untried in five epochs
   return config
