@@ -12,7 +12,8 @@ backward convolutions in the canonical layout itself, with the transposes as ord
 operations, so that they are fast wherever they are. `models.Stage` uses it for scanned
 blocks on the CPU; elsewhere the plain `lax.conv_general_dilated` is used.
 
-`materialize` writes a block's output to memory once. Without it XLA:CPU fuses the cheap
+`materialize` writes an array to memory once; `models.materialized_relu` applies it to every
+ReLU output, the blocks' outputs among them. Without it XLA:CPU fuses the cheap
 elementwise chain of the residual stream (BatchNorm, addition, ReLU of every earlier block of
 the stage) into each consumer, including the transposes that feed the weight-gradient
 convolutions, and so recomputes the whole chain there with strided reads: on cifar_resnet20
