@@ -1,7 +1,8 @@
 """Speed of the library's compiled train step (forward, backward, SGD update).
 
     python benchmarks/train_step.py --model=cifar_resnet20 --batch_size=128 --image_size=32 \
-        [--dtype=float32|bfloat16] [--devices=K] [--scan_blocks] [--compare_torch] [--json=FILE]
+        [--dtype=float32|bfloat16] [--devices=K] [--widths=24,48,96] [--scan_blocks] \
+        [--compare_torch] [--json=FILE]
 
 Times `flax_resnet.train_step.train_step` mapped over K devices by
 `flax_resnet.parallel.DataParallel`, exactly the step that train.py runs, on one fixed random
@@ -57,6 +58,8 @@ def parse_args(argv=None):
   p.add_argument("--devices", type=int, default=0,
                  help="devices to map over (0: all; on CPU one virtual device per core)")
   p.add_argument("--parallelism", default="shard_map", choices=("shard_map", "pmap"))
+  p.add_argument("--widths", default="",
+                 help="per-stage widths, e.g. 32,64,128 (default: the model's own)")
   p.add_argument("--scan_blocks", action="store_true",
                  help="compile each stage's repeated blocks once (nn.scan)")
   p.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
@@ -83,6 +86,11 @@ def peak_host_mb() -> float:
 
 # --- ours ---------------------------------------------------------------------------------------
 
+def parse_widths(text: str) -> tuple[int, ...]:
+  """'32,64,128' -> (32, 64, 128); '' -> () (the model's own widths)."""
+  return tuple(int(w) for w in text.split(",") if w.strip())
+
+
 class FlaxStep:
   """The library's mapped train step, compiled once, on a fixed batch."""
 
@@ -96,8 +104,10 @@ class FlaxStep:
 
     self.jax = jax
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-    model = create_model(args.model, axis_name=AXIS, dtype=dtype,
-                         **({"scan_blocks": True} if args.scan_blocks else {}))
+    overrides = {"scan_blocks": True} if args.scan_blocks else {}
+    if args.widths:
+      overrides["widths"] = parse_widths(args.widths)
+    model = create_model(args.model, axis_name=AXIS, dtype=dtype, **overrides)
     self.num_classes = model.num_classes
     config = optimizer_config(args.batch_size)
     lr_fn = optim.create_learning_rate_fn(config, steps_per_epoch=1000, num_train_steps=90_000)
@@ -148,7 +158,7 @@ class FlaxStep:
 
 # --- PyTorch reference: torchvision's ResNet layout, plus the paper's CIFAR option A ----------
 
-def torch_resnet(name: str):
+def torch_resnet(name: str, widths: tuple[int, ...] = ()):
   """The network `name` of flax_resnet.create_model, in PyTorch (train mode, NCHW)."""
   import torch
   import torch.nn.functional as F
@@ -213,7 +223,7 @@ def torch_resnet(name: str):
       return F.relu(y + self.shortcut(x) if residual else y)
 
   block = Bottleneck if bottleneck else Basic
-  widths = spec["widths"]
+  widths = widths or spec["widths"]
   if spec["stem"] == "imagenet":
     layers = [tnn.Conv2d(3, widths[0], 7, 2, 3, bias=False), tnn.BatchNorm2d(widths[0]),
               tnn.ReLU(inplace=True), tnn.MaxPool2d(3, 2, 1)]
@@ -237,7 +247,7 @@ class TorchStep:
   """PyTorch's CPU training step of the same network: SGD, momentum 0.9, weight decay 1e-4."""
 
   def __init__(self, args, host_batch, threads: int):
-    net, torch = torch_resnet(args.model)
+    net, torch = torch_resnet(args.model, parse_widths(args.widths))
     torch.set_num_threads(threads)
     self.torch, self.net = torch, net
     self.opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
@@ -273,7 +283,8 @@ def main(argv=None):
   platform = devices[0].platform
   print(f"device: {len(devices)} x {kind} ({platform}), jax {jax.__version__}, "
         f"host cores: {cpu.default_cpu_device_count()}")
-  print(f"model: {args.model}, batch {args.batch_size}, image {args.image_size}, {args.dtype}, "
+  print(f"model: {args.model}{' widths ' + args.widths if args.widths else ''}, "
+        f"batch {args.batch_size}, image {args.image_size}, {args.dtype}, "
         f"{'scanned' if args.scan_blocks else 'unrolled'} blocks, {args.parallelism}")
 
   ours = FlaxStep(args, devices)
@@ -300,11 +311,12 @@ def main(argv=None):
   # The fastest round is the least disturbed by other processes on a shared machine.
   best_images_per_second = args.batch_size / min(ours_times)
 
-  macs = count_macs(create_model(args.model), (1, args.image_size, args.image_size, 3))
+  widths = {"widths": parse_widths(args.widths)} if args.widths else {}
+  macs = count_macs(create_model(args.model, **widths), (1, args.image_size, args.image_size, 3))
   forward_flops = 2.0 * macs * args.batch_size
   flops = ours.flops_per_step()
   figures = {
-      "model": args.model, "batch_size": args.batch_size, "image_size": args.image_size,
+      "model": args.model, **widths, "batch_size": args.batch_size, "image_size": args.image_size,
       "dtype": args.dtype, "devices": len(devices), "device_kind": kind, "platform": platform,
       "scan_blocks": args.scan_blocks, "parallelism": args.parallelism,
       "compile_seconds": ours.compile_seconds, "first_step_seconds": ours.first_step_seconds,
