@@ -35,6 +35,8 @@ def get_config() -> ml_collections.ConfigDict:
   # CIFAR-10, Fashion-MNIST: zero padding before the random crop (None: the paper's 4 pixels;
   # 0: flips only, for runs too short to profit from crops).
   config.crop_padding = ml_collections.FieldReference(None, field_type=int)
+  # Random erasing (Zhong et al. 2020): probability per training image of one noise rectangle.
+  config.random_erasing = 0.0
   config.cifar_validation_split = False          # True: train on 45k, evaluate on held-out 5k
   config.fashion_mnist_source_dir = "/usr/share/datasets/fashion-mnist"
   config.shuffle_buffer_size = 16_384

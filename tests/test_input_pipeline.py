@@ -305,6 +305,53 @@ def test_crop_padding_zero_leaves_flips_only(fake_tfds):
   assert 0 < sum(flipped) < len(flipped)
 
 
+def _single_rectangle(mask):
+  """(height, width) of the one axis-aligned rectangle that `mask` (H, W) holds, else None."""
+  rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+  if not rows.size:
+    return None
+  height, width = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+  assert mask.sum() == height * width and mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].all()
+  return height, width
+
+
+def test_random_erase_replaces_one_rectangle_of_noise():
+  images = tf.fill([512, 28, 28, 3], 7.0)  # 7: not a plausible standard normal draw
+  seed = tf.constant([4, 2])
+  erased = ip.random_erase(images, seed, 0.5).numpy()
+  np.testing.assert_array_equal(erased, ip.random_erase(images, seed, 0.5).numpy())
+  changed = erased != 7.0
+  assert (changed.all(axis=-1) == changed.any(axis=-1)).all()  # every channel of a pixel
+  shapes = [_single_rectangle(mask) for mask in changed.any(axis=-1)]
+  erased_shapes = [s for s in shapes if s is not None]
+  assert 200 < len(erased_shapes) < 312  # p = 0.5 of 512: binomial, +-5 sigma
+  areas = np.array([h * w for h, w in erased_shapes]) / (28 * 28)
+  aspects = np.array([h / w for h, w in erased_shapes])
+  # Rounded to whole pixels: a little outside the drawn [0.02, 0.4] and [0.3, 3.33].
+  assert areas.min() >= 0.01 and areas.max() <= 0.45 and 0.15 < areas.mean() < 0.25
+  assert aspects.min() >= 0.25 and aspects.max() <= 4 and (aspects < 0.7).any() and (
+      aspects > 1.4).any()
+  noise = erased[changed]
+  assert abs(noise.mean()) < 0.05 and abs(noise.std() - 1) < 0.05
+  np.testing.assert_array_equal(ip.random_erase(images, seed, 0.0).numpy(), images.numpy())
+  assert all(s is not None for s in map(_single_rectangle,
+                                        (ip.random_erase(images, seed, 1.0).numpy() != 7.0)
+                                        .any(axis=-1)))
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_random_erasing_keeps_the_crops_and_flips_it_erases_over(fake_tfds, cache):
+  config = _config(dataset="cifar10", data_dir=fake_tfds, batch_size=64, seed=1, cache=cache,
+                   shuffle_buffer_size=256)
+  plain = next(ip.create_train_iterator(config, process_index=0, process_count=1))
+  config.random_erasing = 1.0
+  erased = next(ip.create_train_iterator(config, process_index=0, process_count=1))
+  np.testing.assert_array_equal(erased["label"], plain["label"])
+  changed = (erased["image"] != plain["image"]).any(axis=-1)
+  for mask in changed:  # The same augmented image, up to one erased rectangle.
+    assert _single_rectangle(mask) is not None
+
+
 def test_cifar_eval_is_the_original_image(fake_tfds):
   config = _config(dataset="cifar10", data_dir=fake_tfds, batch_size=16)
   batches = list(ip.create_eval_iterator(config, process_index=0, process_count=1))
