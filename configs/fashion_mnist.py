@@ -1,12 +1,13 @@
-"""The quick start: a CIFAR-style ResNet-20, 1.5x wide, on the real Fashion-MNIST, on a CPU.
+"""The quick start: a CIFAR-style ResNet-20 on the real Fashion-MNIST, on a laptop CPU.
 
     python train.py --config=configs/fashion_mnist.py --workdir=workdirs/fashion_mnist
 
 Data: Debian's dataset-fashion-mnist files (or TFDS's download where there is internet),
 prepared once into a TFDS dataset. 28x28x1 images, 4-pixel pad + random crop + flip.
 The paper's CIFAR recipe (SGD 0.9, option A shortcuts) with a cosine schedule fitted to a
-short run. On top, in two measured steps (README): weight decay 5e-4 with label smoothing 0.1
-(94.34% -> 94.65%), then widths 24, 48, 96 with random erasing, together.
+short run, weight decay 5e-4 and label smoothing 0.1: 94.65% test accuracy, against 94.34%
+with the paper's 1e-4 and no smoothing (README). Widths 24, 48, 96 with random erasing 0.5 on
+top gave 94.69% at 1.9x the time, so they are not the default.
 """
 
 from configs import cifar10
@@ -23,8 +24,6 @@ def get_config():
   config.warmup_epochs = 0.2
   config.weight_decay = 5e-4
   config.label_smoothing = 0.1
-  config.widths = (24, 48, 96)          # 1.5x the paper's 16, 32, 64: ~1.9x the step time
-  config.random_erasing = 0.5
   config.eval_every_steps = 0           # every epoch
   config.checkpoint_every_steps = 0     # every epoch
   config.log_every_steps = 50

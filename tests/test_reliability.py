@@ -237,8 +237,8 @@ def test_two_processes_equal_one_process_with_eight_devices(tmp_path, fashion_mn
   config.update(dict(num_train_steps=3, log_every_steps=1, eval_every_steps=1000,
                      checkpoint_every_steps=5, keep_checkpoints=2, batch_size=32,
                      eval_batch_size=2000, plot=False, warmup_epochs=0.0, cache=False,
-                     shuffle_buffer_size=1024, learning_rate=0.002, widths=(),
-                     data_dir=fashion_mnist_data_dir))  # widths: as train_command
+                     shuffle_buffer_size=1024, learning_rate=0.002,
+                     data_dir=fashion_mnist_data_dir))
   one_dir = tmp_path / "one_host"
   assert train_and_evaluate(config, str(one_dir))["steps"] == 3
 

@@ -12,10 +12,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def train_command(workdir, data_dir, *flags):
-  """The quick start with the paper's ResNet-20 widths (the config's 1.5x ones compile and run
-  slower; tests pass --config.widths to change them: the last flag wins)."""
   return [sys.executable, "train.py", "--config=configs/fashion_mnist.py",
-          f"--workdir={workdir}", f"--config.data_dir={data_dir}", "--config.widths=()", *flags]
+          f"--workdir={workdir}", f"--config.data_dir={data_dir}", *flags]
 
 
 def train_env(devices=8, **extra):
