@@ -49,6 +49,11 @@ PEAK_FLOPS = {
 FP32_NON_TENSOR_PEAK = {"NVIDIA H100": 67e12, "NVIDIA H200": 67e12, "NVIDIA A100": 19.5e12}
 
 
+def parse_widths(text: str) -> tuple[int, ...]:
+  """'32,64,128' -> (32, 64, 128); '' -> () (the model's own widths)."""
+  return tuple(int(w) for w in text.split(",") if w.strip())
+
+
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--model", default="cifar_resnet20")
@@ -58,7 +63,7 @@ def parse_args(argv=None):
   p.add_argument("--devices", type=int, default=0,
                  help="devices to map over (0: all; on CPU one virtual device per core)")
   p.add_argument("--parallelism", default="shard_map", choices=("shard_map", "pmap"))
-  p.add_argument("--widths", default="",
+  p.add_argument("--widths", type=parse_widths, default=(),
                  help="per-stage widths, e.g. 32,64,128 (default: the model's own)")
   p.add_argument("--scan_blocks", action="store_true",
                  help="compile each stage's repeated blocks once (nn.scan)")
@@ -86,11 +91,6 @@ def peak_host_mb() -> float:
 
 # --- ours ---------------------------------------------------------------------------------------
 
-def parse_widths(text: str) -> tuple[int, ...]:
-  """'32,64,128' -> (32, 64, 128); '' -> () (the model's own widths)."""
-  return tuple(int(w) for w in text.split(",") if w.strip())
-
-
 class FlaxStep:
   """The library's mapped train step, compiled once, on a fixed batch."""
 
@@ -106,7 +106,7 @@ class FlaxStep:
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
     overrides = {"scan_blocks": True} if args.scan_blocks else {}
     if args.widths:
-      overrides["widths"] = parse_widths(args.widths)
+      overrides["widths"] = args.widths
     model = create_model(args.model, axis_name=AXIS, dtype=dtype, **overrides)
     self.num_classes = model.num_classes
     config = optimizer_config(args.batch_size)
@@ -247,7 +247,7 @@ class TorchStep:
   """PyTorch's CPU training step of the same network: SGD, momentum 0.9, weight decay 1e-4."""
 
   def __init__(self, args, host_batch, threads: int):
-    net, torch = torch_resnet(args.model, parse_widths(args.widths))
+    net, torch = torch_resnet(args.model, args.widths)
     torch.set_num_threads(threads)
     self.torch, self.net = torch, net
     self.opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
@@ -283,7 +283,7 @@ def main(argv=None):
   platform = devices[0].platform
   print(f"device: {len(devices)} x {kind} ({platform}), jax {jax.__version__}, "
         f"host cores: {cpu.default_cpu_device_count()}")
-  print(f"model: {args.model}{' widths ' + args.widths if args.widths else ''}, "
+  print(f"model: {args.model}{' widths ' + ','.join(map(str, args.widths)) if args.widths else ''}, "
         f"batch {args.batch_size}, image {args.image_size}, {args.dtype}, "
         f"{'scanned' if args.scan_blocks else 'unrolled'} blocks, {args.parallelism}")
 
@@ -311,7 +311,7 @@ def main(argv=None):
   # The fastest round is the least disturbed by other processes on a shared machine.
   best_images_per_second = args.batch_size / min(ours_times)
 
-  widths = {"widths": parse_widths(args.widths)} if args.widths else {}
+  widths = {"widths": args.widths} if args.widths else {}
   macs = count_macs(create_model(args.model, **widths), (1, args.image_size, args.image_size, 3))
   forward_flops = 2.0 * macs * args.batch_size
   flops = ours.flops_per_step()
