@@ -37,6 +37,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.crop_padding = ml_collections.FieldReference(None, field_type=int)
   # Random erasing (Zhong et al. 2020): probability per training image of one noise rectangle.
   config.random_erasing = 0.0
+  # Score each eval image and its horizontal mirror by their mean logits (for ImageNet,
+  # imagenet_eval_crop='ten_crop' includes the mirrors). Off: the paper's CIFAR figures are
+  # single-view.
+  config.eval_flip = False
   config.cifar_validation_split = False          # True: train on 45k, evaluate on held-out 5k
   config.fashion_mnist_source_dir = "/usr/share/datasets/fashion-mnist"
   config.shuffle_buffer_size = 16_384

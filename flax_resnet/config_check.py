@@ -10,7 +10,7 @@ from flax_resnet.models import MODEL_SPECS, SHORTCUT_OPTIONS, model_names
 FIELDS = frozenset("""
 model widths shortcut stride_in_1x1 zero_init_residual num_classes scan_blocks
 dataset data_dir image_size imagenet_train_augmentation imagenet_eval_crop image_resize_antialias
-image_folder_check crop_padding random_erasing
+image_folder_check crop_padding random_erasing eval_flip
 cifar_validation_split fashion_mnist_source_dir shuffle_buffer_size prefetch cache
 batch_size eval_batch_size num_epochs num_train_steps learning_rate lr_reference_batch_size
 lr_schedule lr_decay_epochs lr_decay_steps lr_decay_factor warmup_epochs warmup_steps
@@ -76,5 +76,9 @@ def check_config(config) -> None:
   if not 0 <= config.random_erasing <= 1:
     raise ConfigError(f"config.random_erasing is a probability per image, in [0, 1], not "
                       f"{config.random_erasing}")
+  if (config.eval_flip and config.imagenet_eval_crop == "ten_crop"
+      and config.dataset in ("imagenet2012", "image_folder")):
+    raise ConfigError("config.eval_flip and config.imagenet_eval_crop='ten_crop' do not combine: "
+                      "the ten crops already include the mirrored ones; set one of them")
   if config.num_train_steps <= 0 and config.num_epochs <= 0:
     raise ConfigError("set config.num_epochs or config.num_train_steps to a positive number")

@@ -436,9 +436,18 @@ class _Preprocessors:
   train_batch: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None  # (images, seed) -> images
 
 
+def with_mirror(image: tf.Tensor) -> tf.Tensor:
+  """(H, W, C) -> (2, H, W, C): the image and its horizontal mirror, scored as two views."""
+  return tf.stack([image, tf.reverse(image, axis=[-2])])
+
+
 def _preprocessors(config) -> _Preprocessors:
-  """The dataset's train and eval preprocessing, plus random erasing when configured."""
+  """The dataset's train and eval preprocessing, plus random erasing and the mirrored eval
+  view when configured."""
   base = _dataset_preprocessors(config)
+  if _get(config, "eval_flip", False):
+    single_view = base.eval
+    base = dataclasses.replace(base, eval=lambda ex: with_mirror(single_view(ex)))
   probability = float(_get(config, "random_erasing", 0.0))
   if probability <= 0:
     return base
@@ -618,7 +627,8 @@ def create_eval_iterator(config, *, process_index=None,
   """One pass over this host's share of the eval split, in per-host batches of
   config.eval_batch_size // process_count: {'image', 'label', 'mask'}, mask 1.0 for real examples
   and 0.0 for padding. All hosts yield the same number of batches; together they cover each
-  example of the split exactly once. ImageNet ten_crop images are (B, 10, H, W, 3)."""
+  example of the split exactly once. ImageNet ten_crop images are (B, 10, H, W, 3), and
+  config.eval_flip's (B, 2, H, W, C): the image and its mirror."""
   process_index, process_count = _process(process_index, process_count)
   if _dataset_name(config) == "image_folder":
     return _folder_eval_iterator(config, process_index, process_count)

@@ -98,16 +98,17 @@ def eval_step(state: TrainState, batch, *, model: nn.Module, num_classes: int):
   """Sums of loss, top-1 and top-5 hits and real examples over all devices.
 
   Padding examples (mask 0) count nowhere, so the whole split is evaluated exactly once.
-  Ten-crop batches (B, 10, H, W, C) are scored by the mean of the ten crops' logits.
+  Multi-view batches (B, V, H, W, C), ten crops or an image and its mirror, are scored
+  by the mean of the views' logits.
   """
   images = batch["image"]
-  crops = images.shape[1] if images.ndim == 5 else 0
-  if crops:
+  views = images.shape[1] if images.ndim == 5 else 0
+  if views:
     images = images.reshape((-1, *images.shape[2:]))
   logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, images,
                        train=False)
-  if crops:
-    logits = logits.reshape((-1, crops, logits.shape[-1])).mean(axis=1)
+  if views:
+    logits = logits.reshape((-1, views, logits.shape[-1])).mean(axis=1)
   labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
   top5 = jax.lax.top_k(logits, min(5, num_classes))[1]
   sums = {

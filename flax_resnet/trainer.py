@@ -189,10 +189,20 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
     flush()  # never checkpoint a diverged state
     checkpointer.save(step, saved_layout(parallel.get_state(state)), meta)
 
+  def say_eval(step: int, metrics: dict[str, float]) -> None:
+    reporter.say(f"step {step}: eval accuracy {metrics['eval_accuracy']:.4f}, top-5 "
+                 f"{metrics['eval_top5_accuracy']:.4f}, loss {metrics['eval_loss']:.4f}")
+
   train_iter = input_pipeline.create_train_iterator(config, start_step=start_step)
   final: dict[str, Any] = {}
   step = start_step
   try:
+    if start_step >= num_train_steps:
+      # A finished run: evaluate its last checkpoint (with this config's eval settings), so a
+      # notebook gets the final metrics back; metrics.jsonl already holds the run's own.
+      reporter.say(f"already trained to step {start_step} of {num_train_steps}; evaluating it")
+      final = evaluate(state)
+      say_eval(step, final)
     with _Preemption() as preemption:
       while step < num_train_steps:
         batch = next(train_iter)
@@ -209,8 +219,7 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
           flush()
           final = evaluate(state)
           reporter.write(step, final)
-          reporter.say(f"step {step}: eval accuracy {final['eval_accuracy']:.4f}, top-5 "
-                       f"{final['eval_top5_accuracy']:.4f}, loss {final['eval_loss']:.4f}")
+          say_eval(step, final)
           reporter.restart_clock(step)
         if step % checkpoint_every == 0 or step == num_train_steps:
           save(step, state)

@@ -362,6 +362,17 @@ def test_cifar_eval_is_the_original_image(fake_tfds):
   assert (images[30:] == _denormalize_cifar(np.zeros(3))).all()  # Padding: zeros after scaling.
 
 
+def test_eval_flip_adds_the_mirror_as_a_second_view(fake_tfds):
+  config = _config(dataset="cifar10", data_dir=fake_tfds, batch_size=16, eval_flip=True)
+  batches = list(ip.create_eval_iterator(config, process_index=0, process_count=1))
+  assert [b["image"].shape for b in batches] == [(16, 2, 32, 32, 3)] * 2
+  assert batches[-1]["mask"].sum() == 14
+  images = _denormalize_cifar(np.concatenate([b["image"] for b in batches]))
+  for index in range(30):
+    np.testing.assert_array_equal(images[index, 0], _cifar_source(index))
+    np.testing.assert_array_equal(images[index, 1], _cifar_source(index)[:, ::-1])
+
+
 def test_cifar_validation_split_holds_out_last_5000(fake_tfds):
   config = _config(dataset="cifar10", data_dir=fake_tfds, batch_size=8, eval_batch_size=2000,
                    cifar_validation_split=True)

@@ -15,7 +15,7 @@ from configs import default
 from flax_resnet import create_model, optim
 from flax_resnet.checkpointing import Checkpointer
 from flax_resnet.parallel import DataParallel
-from flax_resnet.train_step import AXIS, create_train_state, train_step
+from flax_resnet.train_step import AXIS, create_train_state, eval_step, train_step
 from train_utils import ROOT, records, run_train
 
 QUICK = ["--config.num_train_steps=24", "--config.log_every_steps=8",
@@ -48,6 +48,17 @@ def test_train_py_end_to_end_and_resume(tmp_path, fashion_mnist_data_dir):
   steps = [r["step"] for r in records(workdir) if "train_loss" in r]
   assert steps == [8, 16, 24, 32, 36]
   assert "36" in os.listdir(workdir / "checkpoints")
+
+  # Once more on the finished workdir, scoring the test images with their mirrors: no
+  # training, one evaluation of the last checkpoint, metrics and checkpoints unchanged.
+  before = (workdir / "metrics.jsonl").read_text(), sorted(os.listdir(workdir / "checkpoints"))
+  third = run_train(workdir, fashion_mnist_data_dir, *longer, "--config.eval_flip=True")
+  assert third.returncode == 0, third.stderr[-3000:]
+  assert "already trained to step 36 of 36; evaluating it" in third.stdout
+  assert "step 36: eval accuracy" in third.stdout and "final: eval accuracy" in third.stdout
+  assert "img/s" not in third.stdout
+  assert ((workdir / "metrics.jsonl").read_text(),
+          sorted(os.listdir(workdir / "checkpoints"))) == before
 
 
 def test_bad_config_is_one_message_without_traceback(tmp_path, fashion_mnist_data_dir):
@@ -85,6 +96,14 @@ def test_bad_config_leaves_workdir_untouched(tmp_path, fashion_mnist_data_dir, f
   with pytest.raises(ValueError, match=message):
     train_and_evaluate(config, str(workdir))
   assert sorted(os.listdir(workdir)) == ["keep.txt"]
+
+
+def test_eval_flip_with_ten_crop_is_refused():
+  from flax_resnet.config_check import ConfigError, check_config
+  config = default.get_config()
+  config.eval_flip, config.imagenet_eval_crop = True, "ten_crop"
+  with pytest.raises(ConfigError, match="already include the mirrored ones"):
+    check_config(config)
 
 
 def test_typo_in_config_field_is_named(tmp_path):
@@ -152,6 +171,33 @@ def test_pmap_and_shard_map_give_the_same_step():
   jax.tree.map(close, a.params, b.params)
   jax.tree.map(close, a.batch_stats, b.batch_stats)
   jax.tree.map(close, a.opt_state, b.opt_state)
+
+
+def test_eval_step_scores_views_by_their_mean_logits():
+  """An image and its mirror as two views: the sums are those of the averaged logits, over
+  the real (mask 1) examples only, whatever the number of devices."""
+  state, _, batches = _setup()
+  model = create_model("cifar_resnet20", num_classes=10, widths=(8, 16, 16), axis_name=AXIS)
+  images = batches[0]["image"]
+  labels = np.arange(16, dtype=np.int32) % 10
+  mask = np.ones(16, np.float32)
+  mask[-3:] = 0
+  views = {"image": np.stack([images, images[:, :, ::-1]], axis=1), "label": labels,
+           "mask": mask}
+  parallel = DataParallel("shard_map", jax.devices())
+  p_eval = parallel.map_eval(functools.partial(eval_step, model=model, num_classes=10))
+  sums = parallel.get_metrics(p_eval(parallel.put_state(state), parallel.put_batch(views)))
+
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  apply = functools.partial(model.clone(axis_name=None).apply, variables, train=False)
+  logits = (apply(images) + apply(images[:, :, ::-1])) / 2
+  real = mask == 1
+  assert float(sums["count"]) == 13
+  assert float(sums["top1"]) == np.sum(np.argmax(logits, -1)[real] == labels[real])
+  top5 = np.argsort(-np.asarray(logits), -1)[:, :5]
+  assert float(sums["top5"]) == np.sum((top5 == labels[:, None]).any(-1)[real])
+  losses = -jax.nn.log_softmax(logits)[np.arange(16), labels]
+  np.testing.assert_allclose(float(sums["loss"]), np.sum(losses[real]), rtol=1e-5)
 
 
 def test_checkpoint_from_eight_devices_restores_on_one(tmp_path):
