@@ -193,7 +193,6 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
     reporter.say(f"step {step}: eval accuracy {metrics['eval_accuracy']:.4f}, top-5 "
                  f"{metrics['eval_top5_accuracy']:.4f}, loss {metrics['eval_loss']:.4f}")
 
-  train_iter = input_pipeline.create_train_iterator(config, start_step=start_step)
   final: dict[str, Any] = {}
   step = start_step
   try:
@@ -203,6 +202,8 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
       reporter.say(f"already trained to step {start_step} of {num_train_steps}; evaluating it")
       final = evaluate(state)
       say_eval(step, final)
+    else:  # only a run with steps left loads the training split
+      train_iter = input_pipeline.create_train_iterator(config, start_step=start_step)
     with _Preemption() as preemption:
       while step < num_train_steps:
         batch = next(train_iter)
