@@ -17,7 +17,9 @@ torchvision layout, no torchvision needed), interleaved round by round with ours
 process, with the same batch and as many threads as cores, and prints the ratio.
 
 Imports no tensorflow, ml_collections or clu, so it runs on a bare jax + flax + optax machine.
-On CPU it splits the batch over one virtual device per core (flax_resnet.cpu), as train.py does.
+On CPU it splits the batch over one virtual device per core and keeps freed host memory for
+reuse (flax_resnet.cpu), as train.py does; `--keep_malloc_defaults` leaves glibc's malloc as
+it is, the baseline for the latter (it applies to PyTorch's step in the same process too).
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ def parse_args(argv=None):
   p.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
   p.add_argument("--rounds", type=int, default=5, help="timed rounds (median is reported)")
   p.add_argument("--steps", type=int, default=3, help="steps per timed round")
+  p.add_argument("--keep_malloc_defaults", action="store_true",
+                 help="on CPU, do not keep freed host memory for reuse (the baseline)")
   p.add_argument("--compare_torch", action="store_true")
   p.add_argument("--torch_threads", type=int, default=0, help="0: one per core")
   p.add_argument("--json", default="", help="also write the figures to this file")
@@ -270,7 +274,8 @@ class TorchStep:
 
 def main(argv=None):
   args = parse_args(argv)
-  cpu.configure_cpu(args.devices or None)  # only the host platform reads this flag
+  cpu.configure_cpu(args.devices or None,  # only the host platform reads these settings
+                    reuse_host_memory=not args.keep_malloc_defaults)
   import jax
   from flax_resnet import count_macs, create_model
 
@@ -285,7 +290,8 @@ def main(argv=None):
         f"host cores: {cpu.default_cpu_device_count()}")
   print(f"model: {args.model}{' widths ' + ','.join(map(str, args.widths)) if args.widths else ''}, "
         f"batch {args.batch_size}, image {args.image_size}, {args.dtype}, "
-        f"{'scanned' if args.scan_blocks else 'unrolled'} blocks, {args.parallelism}")
+        f"{'scanned' if args.scan_blocks else 'unrolled'} blocks, {args.parallelism}"
+        f"{', glibc malloc defaults' if args.keep_malloc_defaults else ''}")
 
   ours = FlaxStep(args, devices)
   print(f"compile_seconds: {ours.compile_seconds:.2f}  (first step incl. compile: "
@@ -319,6 +325,7 @@ def main(argv=None):
       "model": args.model, **widths, "batch_size": args.batch_size, "image_size": args.image_size,
       "dtype": args.dtype, "devices": len(devices), "device_kind": kind, "platform": platform,
       "scan_blocks": args.scan_blocks, "parallelism": args.parallelism,
+      "malloc_defaults": args.keep_malloc_defaults,
       "compile_seconds": ours.compile_seconds, "first_step_seconds": ours.first_step_seconds,
       "step_seconds": step_seconds, "step_seconds_all": ours_times,
       "images_per_second": images_per_second, "best_images_per_second": best_images_per_second,

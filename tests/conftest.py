@@ -11,6 +11,10 @@ os.environ["XLA_FLAGS"] = " ".join(
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from flax_resnet import cpu  # noqa: E402  (starts no backend)
+
+cpu.reuse_freed_host_memory()  # as train.py does: no page faults for each step's buffers
+
 
 # --- Input pipeline fixtures -------------------------------------------------------------------
 
