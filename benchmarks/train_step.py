@@ -2,7 +2,7 @@
 
     python benchmarks/train_step.py --model=cifar_resnet20 --batch_size=128 --image_size=32 \
         [--dtype=float32|bfloat16] [--devices=K] [--widths=24,48,96] [--scan_blocks] \
-        [--compare_torch] [--json=FILE]
+        [--keep_malloc_defaults] [--compare_torch] [--json=FILE]
 
 Times `flax_resnet.train_step.train_step` mapped over K devices by
 `flax_resnet.parallel.DataParallel`, exactly the step that train.py runs, on one fixed random
