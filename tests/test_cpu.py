@@ -43,11 +43,15 @@ _FAULTS_PER_CALL = textwrap.dedent("""
     import jax, jax.numpy as jnp
     x = jnp.ones((4096, 4096), jnp.float32)
     f = jax.jit(lambda x: jnp.tanh(x + 1.0) * 2.0)
-    for _ in range(25):  # the heap grows for up to a dozen calls, then serves them all
-      f(x).block_until_ready()
+    def call():
+      y = f(x)
+      y.block_until_ready()
+      y.delete()  # freed now, not whenever the runtime gets to it
+    for _ in range(50):  # the heap grows for up to 16 calls (25 were once too few), then holds
+      call()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(10):
-      f(x).block_until_ready()
+      call()
     print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
     """)
 
