@@ -2,7 +2,8 @@
 
     python benchmarks/train_step.py --model=cifar_resnet20 --batch_size=128 --image_size=32 \
         [--dtype=float32|bfloat16] [--devices=K] [--widths=24,48,96] [--scan_blocks] \
-        [--keep_malloc_defaults] [--compare_torch] [--json=FILE]
+        [--conv_library=auto|ynnpack|eigen] [--keep_malloc_defaults] [--compare_torch] \
+        [--json=FILE]
 
 Times `flax_resnet.train_step.train_step` mapped over K devices by
 `flax_resnet.parallel.DataParallel`, exactly the step that train.py runs, on one fixed random
@@ -17,9 +18,9 @@ torchvision layout, no torchvision needed) in a child process, round by round in
 ours, with the same batch and as many threads as cores, and prints the ratio.
 
 Imports no tensorflow, ml_collections or clu, so it runs on a bare jax + flax + optax machine.
-On CPU it splits the batch over one virtual device per core and keeps freed host memory for
-reuse (flax_resnet.cpu), as train.py does; `--keep_malloc_defaults` leaves glibc's malloc as
-it is, the baseline for the latter.
+On CPU it splits the batch over one virtual device per core, keeps freed host memory for reuse
+and picks the convolution library for the CPU (flax_resnet.cpu), as train.py does;
+`--keep_malloc_defaults` and `--conv_library` give the baselines for the last two.
 """
 
 from __future__ import annotations
@@ -73,6 +74,9 @@ def parse_args(argv=None):
   p.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
   p.add_argument("--rounds", type=int, default=5, help="timed rounds (median is reported)")
   p.add_argument("--steps", type=int, default=3, help="steps per timed round")
+  p.add_argument("--conv_library", default="auto", choices=("auto", *cpu.CONVOLUTION_LIBRARIES),
+                 help="on CPU, the library of the convolutions (auto: "
+                      "flax_resnet.cpu.default_convolution_library, as train.py)")
   p.add_argument("--keep_malloc_defaults", action="store_true",
                  help="on CPU, do not keep freed host memory for reuse (the baseline)")
   p.add_argument("--compare_torch", action="store_true")
@@ -311,8 +315,11 @@ def _serve_torch_rounds(conn, args, host_batch, threads: int) -> None:
 
 def main(argv=None):
   args = parse_args(argv)
+  library = (cpu.default_convolution_library() if args.conv_library == "auto"
+             else args.conv_library)
   cpu.configure_cpu(args.devices or None,  # only the host platform reads these settings
-                    reuse_host_memory=not args.keep_malloc_defaults)
+                    reuse_host_memory=not args.keep_malloc_defaults,
+                    convolution_library=library)
   import jax
   from flax_resnet import count_macs, create_model
 
@@ -328,7 +335,8 @@ def main(argv=None):
   print(f"model: {args.model}{' widths ' + ','.join(map(str, args.widths)) if args.widths else ''}, "
         f"batch {args.batch_size}, image {args.image_size}, {args.dtype}, "
         f"{'scanned' if args.scan_blocks else 'unrolled'} blocks, {args.parallelism}"
-        f"{', glibc malloc defaults' if args.keep_malloc_defaults else ''}")
+        f"{', glibc malloc defaults' if args.keep_malloc_defaults else ''}"
+        f"{', convolutions on ' + library if platform == 'cpu' else ''}")
 
   ours = FlaxStep(args, devices)
   print(f"compile_seconds: {ours.compile_seconds:.2f}  (first step incl. compile: "
@@ -365,6 +373,7 @@ def main(argv=None):
       "dtype": args.dtype, "devices": len(devices), "device_kind": kind, "platform": platform,
       "scan_blocks": args.scan_blocks, "parallelism": args.parallelism,
       "malloc_defaults": args.keep_malloc_defaults,
+      "conv_library": library if platform == "cpu" else None,
       "compile_seconds": ours.compile_seconds, "first_step_seconds": ours.first_step_seconds,
       "step_seconds": step_seconds, "step_seconds_all": ours_times,
       "images_per_second": images_per_second, "best_images_per_second": best_images_per_second,

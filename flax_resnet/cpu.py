@@ -12,6 +12,14 @@ Why freed host memory is kept (`reuse_freed_host_memory`): XLA:CPU allocates the
 buffers of every execution anew and frees them when it ends; glibc hands out and takes back
 blocks that large with mmap/munmap, so each train step faulted all its pages in again.
 
+Why convolutions go to Eigen on x86 CPUs without AVX-512 (`default_convolution_library`):
+XLA:CPU hands every convolution with more than 16 channels to YNNPACK. On an AVX2-only CPU
+(AMD EPYC, Zen 1) YNNPACK's forward and input-gradient convolutions ran as fast as Eigen's, but
+its weight-gradient convolutions (a 32x32 window over the batch, 3x3 output) at 4-5 GFLOP/s
+against Eigen's 35: the cifar_resnet20 step was 1.3-1.5x and the resnet50 step 3.3x faster with
+every convolution on Eigen. On a CPU with AVX-512 YNNPACK was the faster library (1.12x on
+cifar_resnet20), so it stays there, and on other architectures, which we have not measured.
+
 XLA reads the flags once, when JAX creates its CPU backend (at the first `jax.devices()` or
 computation), so `configure_cpu()` must be called before that; importing jax is fine.
 """
@@ -20,11 +28,16 @@ from __future__ import annotations
 
 import ctypes
 import os
+import platform
 import re
 import sys
 from importlib import metadata, util
 
 _DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+_YNN_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+# XLA's default library fusions less YNNPACK's convolutions: those then run on Eigen.
+_EIGEN_CONVOLUTIONS = f"{_YNN_FUSION_FLAG}=-LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"
+CONVOLUTION_LIBRARIES = ("ynnpack", "eigen")
 
 
 def default_cpu_device_count() -> int:
@@ -38,6 +51,35 @@ def default_cpu_device_count() -> int:
   except AttributeError:  # not Linux
     cores = os.cpu_count() or 1
   return max(1, cores)
+
+
+def _cpu_feature_flags() -> set[str] | None:
+  """The CPU's feature flags from /proc/cpuinfo (Linux), or None where they cannot be read."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("flags"):
+          return set(line.partition(":")[2].split())
+  except OSError:
+    pass
+  return None
+
+
+def default_convolution_library(machine: str | None = None,
+                                cpu_flags: set[str] | None = None) -> str:
+  """'eigen' on x86-64 CPUs without AVX-512, else 'ynnpack' (XLA's own choice).
+
+  Measured (benchmarks/README.md): without AVX-512 YNNPACK's weight-gradient convolutions ran
+  7x slower than Eigen's; with AVX-512 YNNPACK's whole step was the faster. The arguments
+  default to this machine's (`platform.machine()`, /proc/cpuinfo).
+  """
+  machine = (machine or platform.machine()).lower()
+  if machine not in ("x86_64", "amd64"):
+    return "ynnpack"
+  flags = _cpu_feature_flags() if cpu_flags is None else cpu_flags
+  if flags is None:  # unknown CPU: leave XLA's choice
+    return "ynnpack"
+  return "ynnpack" if "avx512f" in flags else "eigen"
 
 
 def _backends_started() -> bool:
@@ -85,28 +127,40 @@ def cpu_is_the_platform() -> bool:
   return util.find_spec("libtpu") is None and not metadata.entry_points(group="jax_plugins")
 
 
-def configure_cpu(device_count: int | None = None, reuse_host_memory: bool = True) -> int:
-  """Makes JAX's CPU backend expose `device_count` devices (default: one per core).
+def configure_cpu(device_count: int | None = None, reuse_host_memory: bool = True,
+                  convolution_library: str | None = None) -> int:
+  """Makes JAX's CPU backend expose `device_count` devices (default: one per core) and run its
+  convolutions with `convolution_library` ('ynnpack' or 'eigen'; default:
+  `default_convolution_library()`).
 
-  Does nothing to GPU or TPU backends (the flag only concerns the host platform), and leaves
-  an explicit `--xla_force_host_platform_device_count` already in XLA_FLAGS alone, so a user's
-  setting wins. Where JAX will compute on the CPU, also keeps freed host memory for reuse
+  Does nothing to GPU or TPU backends (the flags only concern the host platform), and leaves
+  a device count or YNNPACK fusion setting already in XLA_FLAGS alone, so a user's setting
+  wins. Where JAX will compute on the CPU, also keeps freed host memory for reuse
   (`reuse_freed_host_memory`) unless `reuse_host_memory=False`. Returns the device count that
   the CPU backend will have.
   """
-  if reuse_host_memory and cpu_is_the_platform() and not _backends_started():
+  library = convolution_library or default_convolution_library()
+  if library not in CONVOLUTION_LIBRARIES:
+    raise ValueError(f"unknown convolution library {library!r}; use one of "
+                     f"{CONVOLUTION_LIBRARIES}")
+  if device_count is not None and int(device_count) < 1:
+    raise ValueError(f"device_count must be at least 1, got {device_count}")
+  on_cpu = cpu_is_the_platform()
+  if reuse_host_memory and on_cpu and not _backends_started():
     reuse_freed_host_memory()
   flags = os.environ.get("XLA_FLAGS", "")
+  added = []
   existing = re.search(re.escape(_DEVICE_COUNT_FLAG) + r"=(\d+)", flags)
-  if existing:
-    return int(existing.group(1))
-  if _backends_started():
-    raise RuntimeError(
-        "configure_cpu() was called after JAX had started its backends, so XLA_FLAGS can no "
-        "longer take effect; call it at the top of the program, before any jax.devices() or "
-        "computation")
-  count = int(device_count or default_cpu_device_count())
-  if count < 1:
-    raise ValueError(f"device_count must be at least 1, got {count}")
-  os.environ["XLA_FLAGS"] = f"{flags} {_DEVICE_COUNT_FLAG}={count}".strip()
+  count = int(existing.group(1)) if existing else int(device_count or default_cpu_device_count())
+  if not existing:
+    added.append(f"{_DEVICE_COUNT_FLAG}={count}")
+  if library == "eigen" and on_cpu and _YNN_FUSION_FLAG not in flags:
+    added.append(_EIGEN_CONVOLUTIONS)
+  if added:
+    if _backends_started():
+      raise RuntimeError(
+          "configure_cpu() was called after JAX had started its backends, so XLA_FLAGS can no "
+          "longer take effect; call it at the top of the program, before any jax.devices() or "
+          "computation")
+    os.environ["XLA_FLAGS"] = " ".join([flags, *added]).strip()
   return count

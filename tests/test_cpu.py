@@ -6,6 +6,7 @@ import sys
 import textwrap
 
 import jax
+import numpy as np
 import pytest
 
 from flax_resnet import cpu
@@ -13,10 +14,14 @@ from flax_resnet import cpu
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_configure_cpu_leaves_a_users_device_count_alone(monkeypatch):
-  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=3")
-  assert cpu.configure_cpu(reuse_host_memory=False) == 3
-  assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=3"
+def test_configure_cpu_leaves_a_users_settings_alone(monkeypatch):
+  users = ("--xla_force_host_platform_device_count=3 "
+           "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT")
+  monkeypatch.setenv("XLA_FLAGS", users)
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  for library in cpu.CONVOLUTION_LIBRARIES:
+    assert cpu.configure_cpu(reuse_host_memory=False, convolution_library=library) == 3
+    assert os.environ["XLA_FLAGS"] == users
 
 
 def test_configure_cpu_after_the_backends_started_says_so(monkeypatch):
@@ -24,6 +29,69 @@ def test_configure_cpu_after_the_backends_started_says_so(monkeypatch):
   monkeypatch.setenv("XLA_FLAGS", "")
   with pytest.raises(RuntimeError, match="before any jax.devices"):
     cpu.configure_cpu(reuse_host_memory=False)
+
+
+@pytest.mark.parametrize("machine, flags, library", [
+    ("x86_64", {"sse2", "avx2", "fma"}, "eigen"),  # AVX2 only (measured: AMD EPYC Zen 1)
+    ("x86_64", {"avx2", "fma", "avx512f", "avx512bw"}, "ynnpack"),  # AVX-512 (measured)
+    ("AMD64", {"avx2"}, "eigen"),
+    ("aarch64", {"asimd"}, "ynnpack"),  # not measured: XLA's own choice
+])
+def test_default_convolution_library_follows_the_cpu(machine, flags, library):
+  assert cpu.default_convolution_library(machine, flags) == library
+
+
+def test_configure_cpu_sends_convolutions_to_the_library_asked_for(monkeypatch):
+  monkeypatch.setattr(cpu, "_backends_started", lambda: False)  # as at the top of a program
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+  cpu.configure_cpu(reuse_host_memory=False, convolution_library="ynnpack")
+  assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2"
+  cpu.configure_cpu(reuse_host_memory=False, convolution_library="eigen")
+  assert os.environ["XLA_FLAGS"] == (
+      "--xla_force_host_platform_device_count=2 "
+      "--xla_cpu_experimental_ynn_fusion_type=-LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION")
+  monkeypatch.setenv("XLA_FLAGS", "")
+  monkeypatch.setenv("JAX_PLATFORMS", "cuda")  # only the host platform's convolutions move
+  assert cpu.configure_cpu(3, reuse_host_memory=False, convolution_library="eigen") == 3
+  assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=3"
+  with pytest.raises(ValueError, match="unknown convolution library 'mkl'"):
+    cpu.configure_cpu(reuse_host_memory=False, convolution_library="mkl")
+
+
+# A convolution's weight gradient, compiled in a subprocess under each library: with 'eigen'
+# the program holds no YNNPACK fusion, and both give the same numbers.
+_WEIGHT_GRADIENT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from flax_resnet import cpu
+    cpu.configure_cpu(1, reuse_host_memory=False, convolution_library=sys.argv[1])
+    import jax, jax.numpy as jnp
+    from jax import lax
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((8, 16, 16, 32)), jnp.float32)
+    w = jnp.asarray(np.random.default_rng(1).standard_normal((3, 3, 32, 32)), jnp.float32)
+    loss = lambda w: jnp.square(lax.conv_general_dilated(x, w, (1, 1), "SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))).sum()
+    grad = jax.jit(jax.grad(loss))
+    print("ynn" if "__ynn_fusion" in grad.lower(w).compile().as_text() else "no-ynn")
+    np.save(sys.argv[2], np.asarray(grad(w)))
+    """)
+
+
+def test_the_convolution_library_runs_the_gradient_and_agrees(tmp_path):
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+  seen, grads = {}, {}
+  for library in cpu.CONVOLUTION_LIBRARIES:
+    path = tmp_path / f"{library}.npy"
+    out = subprocess.run([sys.executable, "-c", _WEIGHT_GRADIENT, library, str(path)], env=env,
+                         check=True, capture_output=True, text=True, timeout=300).stdout
+    seen[library] = out.split()[-1]
+    grads[library] = np.load(path)
+  assert seen == {"ynnpack": "ynn", "eigen": "no-ynn"}
+  # Float32 sums of 2,048 products each, in another order: equal to 1e-5 of the largest.
+  scale = np.abs(grads["ynnpack"]).max()
+  np.testing.assert_allclose(grads["eigen"], grads["ynnpack"], rtol=0, atol=1e-5 * scale)
 
 
 @pytest.mark.parametrize("platforms, on_cpu", [("cpu", True), ("cpu,cuda", True),
