@@ -75,8 +75,8 @@ def parse_args(argv=None):
   p.add_argument("--rounds", type=int, default=5, help="timed rounds (median is reported)")
   p.add_argument("--steps", type=int, default=3, help="steps per timed round")
   p.add_argument("--conv_library", default="auto", choices=("auto", *cpu.CONVOLUTION_LIBRARIES),
-                 help="on CPU, the library of the convolutions (auto: "
-                      "flax_resnet.cpu.default_convolution_library, as train.py)")
+                 help="on CPU, the library of the convolutions (auto: as train.py, "
+                      "FLAX_RESNET_CONVOLUTIONS or the CPU's default)")
   p.add_argument("--keep_malloc_defaults", action="store_true",
                  help="on CPU, do not keep freed host memory for reuse (the baseline)")
   p.add_argument("--compare_torch", action="store_true")
@@ -315,8 +315,8 @@ def _serve_torch_rounds(conn, args, host_batch, threads: int) -> None:
 
 def main(argv=None):
   args = parse_args(argv)
-  library = (cpu.default_convolution_library() if args.conv_library == "auto"
-             else args.conv_library)
+  library = cpu.resolve_convolution_library(
+      None if args.conv_library == "auto" else args.conv_library)
   cpu.configure_cpu(args.devices or None,  # only the host platform reads these settings
                     reuse_host_memory=not args.keep_malloc_defaults,
                     convolution_library=library)

@@ -16,7 +16,7 @@ Why convolutions go to Eigen on x86 CPUs without AVX-512 (`default_convolution_l
 XLA:CPU hands every convolution with more than 16 channels to YNNPACK. On an AVX2-only CPU
 (AMD EPYC, Zen 1) YNNPACK's forward and input-gradient convolutions ran as fast as Eigen's, but
 its weight-gradient convolutions (a 32x32 window over the batch, 3x3 output) at 4-5 GFLOP/s
-against Eigen's 35: the cifar_resnet20 step was 1.3-1.5x and the resnet50 step 3.3x faster with
+against Eigen's 35: the cifar_resnet20 step was 1.2-1.5x and the resnet50 step 3.3x faster with
 every convolution on Eigen. On a CPU with AVX-512 YNNPACK was the faster library (1.12x on
 cifar_resnet20), so it stays there, and on other architectures, which we have not measured.
 
@@ -38,6 +38,8 @@ _YNN_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 # XLA's default library fusions less YNNPACK's convolutions: those then run on Eigen.
 _EIGEN_CONVOLUTIONS = f"{_YNN_FUSION_FLAG}=-LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"
 CONVOLUTION_LIBRARIES = ("ynnpack", "eigen")
+# Picks the library for train.py and the benchmarks, e.g. FLAX_RESNET_CONVOLUTIONS=ynnpack.
+CONVOLUTIONS_ENV = "FLAX_RESNET_CONVOLUTIONS"
 
 
 def default_cpu_device_count() -> int:
@@ -80,6 +82,17 @@ def default_convolution_library(machine: str | None = None,
   if flags is None:  # unknown CPU: leave XLA's choice
     return "ynnpack"
   return "ynnpack" if "avx512f" in flags else "eigen"
+
+
+def resolve_convolution_library(library: str | None = None) -> str:
+  """`library` if given, else FLAX_RESNET_CONVOLUTIONS if set, else
+  `default_convolution_library()`; checked against CONVOLUTION_LIBRARIES."""
+  chosen = library or os.environ.get(CONVOLUTIONS_ENV) or default_convolution_library()
+  if chosen not in CONVOLUTION_LIBRARIES:
+    source = "asked for" if library else f"in {CONVOLUTIONS_ENV}"
+    raise ValueError(f"unknown convolution library {chosen!r} {source}; use one of "
+                     f"{', '.join(CONVOLUTION_LIBRARIES)}")
+  return chosen
 
 
 def _backends_started() -> bool:
@@ -130,8 +143,8 @@ def cpu_is_the_platform() -> bool:
 def configure_cpu(device_count: int | None = None, reuse_host_memory: bool = True,
                   convolution_library: str | None = None) -> int:
   """Makes JAX's CPU backend expose `device_count` devices (default: one per core) and run its
-  convolutions with `convolution_library` ('ynnpack' or 'eigen'; default:
-  `default_convolution_library()`).
+  convolutions with `convolution_library` ('ynnpack' or 'eigen'; default: the environment
+  variable FLAX_RESNET_CONVOLUTIONS, else `default_convolution_library()`).
 
   Does nothing to GPU or TPU backends (the flags only concern the host platform), and leaves
   a device count or YNNPACK fusion setting already in XLA_FLAGS alone, so a user's setting
@@ -139,10 +152,7 @@ def configure_cpu(device_count: int | None = None, reuse_host_memory: bool = Tru
   (`reuse_freed_host_memory`) unless `reuse_host_memory=False`. Returns the device count that
   the CPU backend will have.
   """
-  library = convolution_library or default_convolution_library()
-  if library not in CONVOLUTION_LIBRARIES:
-    raise ValueError(f"unknown convolution library {library!r}; use one of "
-                     f"{CONVOLUTION_LIBRARIES}")
+  library = resolve_convolution_library(convolution_library)
   if device_count is not None and int(device_count) < 1:
     raise ValueError(f"device_count must be at least 1, got {device_count}")
   on_cpu = cpu_is_the_platform()

@@ -45,3 +45,16 @@ def test_train_step_benchmark_times_a_widened_network(tmp_path):
           for widths in [(16, 32, 64), (32, 64, 128)]}
   assert figures["forward_flops"] == 2 * 8 * macs[32, 64, 128]
   assert 3.5 < macs[32, 64, 128] / macs[16, 32, 64] < 4.1  # twice the widths
+
+
+def test_convolution_benchmark_times_the_three_convolutions_of_a_step():
+  result = subprocess.run(
+      [sys.executable, "benchmarks/convolution.py", "--batch_size=2", "--image_size=8",
+       "--channels=32", "--calls=1", "--conv_library=eigen"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "convolutions on eigen" in result.stdout
+  assert "batch 2, 8x8, 3x3, 32 -> 32 channels, stride 1" in result.stdout
+  for name in ("forward", "input_gradient", "weight_gradient"):
+    line = next(l for l in result.stdout.splitlines() if l.startswith(f"{name}: "))
+    assert float(line.split()[1]) > 0 and "GFLOP/s" in line

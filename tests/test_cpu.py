@@ -55,8 +55,34 @@ def test_configure_cpu_sends_convolutions_to_the_library_asked_for(monkeypatch):
   monkeypatch.setenv("JAX_PLATFORMS", "cuda")  # only the host platform's convolutions move
   assert cpu.configure_cpu(3, reuse_host_memory=False, convolution_library="eigen") == 3
   assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=3"
-  with pytest.raises(ValueError, match="unknown convolution library 'mkl'"):
+  with pytest.raises(ValueError, match="unknown convolution library 'mkl' asked for"):
     cpu.configure_cpu(reuse_host_memory=False, convolution_library="mkl")
+
+
+def test_the_environment_picks_the_convolution_library(monkeypatch):
+  monkeypatch.setattr(cpu, "_backends_started", lambda: False)
+  monkeypatch.setattr(cpu, "default_convolution_library", lambda: "ynnpack")
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+  monkeypatch.setenv(cpu.CONVOLUTIONS_ENV, "eigen")
+  assert cpu.resolve_convolution_library() == "eigen"
+  assert cpu.resolve_convolution_library("ynnpack") == "ynnpack"  # an argument wins
+  cpu.configure_cpu(reuse_host_memory=False)
+  assert "-LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION" in os.environ["XLA_FLAGS"]
+  monkeypatch.setenv(cpu.CONVOLUTIONS_ENV, "onednn")
+  with pytest.raises(ValueError, match="'onednn' in FLAX_RESNET_CONVOLUTIONS; use one of "
+                                       "ynnpack, eigen"):
+    cpu.configure_cpu(reuse_host_memory=False)
+
+
+def test_train_py_names_a_bad_convolution_library_in_one_line(tmp_path):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", cpu.CONVOLUTIONS_ENV: "onednn"}
+  result = subprocess.run([sys.executable, "train.py", "--config=configs/fashion_mnist.py",
+                           f"--workdir={tmp_path / 'run'}"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1
+  assert "error: unknown convolution library 'onednn' in FLAX_RESNET_CONVOLUTIONS" in result.stderr
+  assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
 
 
 # A convolution's weight gradient, compiled in a subprocess under each library: with 'eigen'
@@ -79,7 +105,7 @@ _WEIGHT_GRADIENT = textwrap.dedent("""
 
 
 def test_the_convolution_library_runs_the_gradient_and_agrees(tmp_path):
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", cpu.CONVOLUTIONS_ENV)}
   env.update(JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
   seen, grads = {}, {}
   for library in cpu.CONVOLUTION_LIBRARIES:

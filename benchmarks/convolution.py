@@ -1,0 +1,79 @@
+"""Speed of one convolution's forward pass and its two gradients, on one device.
+
+    python benchmarks/convolution.py [--batch_size=32] [--image_size=32] [--channels=64] \
+        [--stride=1] [--conv_library=auto|ynnpack|eigen] [--calls=5]
+
+Why: a ResNet's train step is mostly convolutions, and on the CPU XLA hands them to one of two
+libraries (YNNPACK or Eigen, `flax_resnet.cpu.default_convolution_library`) whose speed
+depends on the CPU and differs between the three convolutions of a training step. This prints
+each one's best time over `--calls` calls and its GFLOP/s, so the choice can be checked on a
+new machine; pin it to one core (`taskset -c 0`) to compare libraries core for core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from flax_resnet import cpu  # noqa: E402  (no jax backend started yet)
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--batch_size", type=int, default=32)
+  p.add_argument("--image_size", type=int, default=32)
+  p.add_argument("--channels", type=int, default=64, help="in and out channels")
+  p.add_argument("--stride", type=int, default=1)
+  p.add_argument("--conv_library", default="auto", choices=("auto", *cpu.CONVOLUTION_LIBRARIES))
+  p.add_argument("--calls", type=int, default=5, help="timed calls (the best is reported)")
+  return p.parse_args(argv)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  library = cpu.resolve_convolution_library(
+      None if args.conv_library == "auto" else args.conv_library)
+  cpu.configure_cpu(1, convolution_library=library)
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from jax import lax
+
+  n, size, c, s = args.batch_size, args.image_size, args.channels, args.stride
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((n, size, size, c)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((3, 3, c, c)) * 0.05, jnp.float32)
+
+  def forward(x, w):
+    return lax.conv_general_dilated(x, w, (s, s), ((1, 1), (1, 1)),
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  dy = jnp.asarray(rng.standard_normal(forward(x, w).shape), jnp.float32)
+  programs = {
+      "forward": (forward, (x, w)),
+      "input_gradient": (lambda dy, w: jax.vjp(lambda x: forward(x, w), x)[1](dy)[0], (dy, w)),
+      "weight_gradient": (lambda x, dy: jax.vjp(lambda w: forward(x, w), w)[1](dy)[0], (x, dy)),
+  }
+  flops = 2 * dy.size * 9 * c  # each of the three is one output's worth of 3x3 x c MACs
+  print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, "
+        f"convolutions on {library}")
+  print(f"convolution: batch {n}, {size}x{size}, 3x3, {c} -> {c} channels, stride {s}")
+  for name, (fn, operands) in programs.items():
+    compiled = jax.jit(fn).lower(*operands).compile()
+    jax.block_until_ready(compiled(*operands))
+    times = []
+    for _ in range(args.calls):
+      start = time.perf_counter()
+      jax.block_until_ready(compiled(*operands))
+      times.append(time.perf_counter() - start)
+    best = min(times)
+    print(f"{name}: {best * 1e3:.1f} ms  ({flops / best / 1e9:.1f} GFLOP/s, best of "
+          f"{args.calls})")
+
+
+if __name__ == "__main__":
+  main()
