@@ -153,16 +153,18 @@ def configure_cpu(device_count: int | None = None, reuse_host_memory: bool = Tru
   the CPU backend will have.
   """
   library = resolve_convolution_library(convolution_library)
-  if device_count is not None and int(device_count) < 1:
-    raise ValueError(f"device_count must be at least 1, got {device_count}")
   on_cpu = cpu_is_the_platform()
   if reuse_host_memory and on_cpu and not _backends_started():
     reuse_freed_host_memory()
   flags = os.environ.get("XLA_FLAGS", "")
   added = []
   existing = re.search(re.escape(_DEVICE_COUNT_FLAG) + r"=(\d+)", flags)
-  count = int(existing.group(1)) if existing else int(device_count or default_cpu_device_count())
-  if not existing:
+  if existing:
+    count = int(existing.group(1))
+  else:
+    count = int(device_count or default_cpu_device_count())
+    if count < 1:
+      raise ValueError(f"device_count must be at least 1, got {count}")
     added.append(f"{_DEVICE_COUNT_FLAG}={count}")
   if library == "eigen" and on_cpu and _YNN_FUSION_FLAG not in flags:
     added.append(_EIGEN_CONVOLUTIONS)
