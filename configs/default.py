@@ -42,6 +42,9 @@ def get_config() -> ml_collections.ConfigDict:
   # single-view.
   config.eval_flip = False
   config.cifar_validation_split = False          # True: train on 45k, evaluate on held-out 5k
+  # > 0: evaluate on only this many examples of the eval split (its first ones; an image
+  # folder's spread over its classes), for quick looks at long runs. 0: the whole split.
+  config.eval_examples = 0
   config.fashion_mnist_source_dir = "/usr/share/datasets/fashion-mnist"
   config.shuffle_buffer_size = 16_384
   config.prefetch = 2

@@ -11,7 +11,7 @@ FIELDS = frozenset("""
 model widths shortcut stride_in_1x1 zero_init_residual num_classes scan_blocks
 dataset data_dir image_size imagenet_train_augmentation imagenet_eval_crop image_resize_antialias
 image_folder_check crop_padding random_erasing eval_flip
-cifar_validation_split fashion_mnist_source_dir shuffle_buffer_size prefetch cache
+cifar_validation_split eval_examples fashion_mnist_source_dir shuffle_buffer_size prefetch cache
 batch_size eval_batch_size num_epochs num_train_steps learning_rate lr_reference_batch_size
 lr_schedule lr_decay_epochs lr_decay_steps lr_decay_factor warmup_epochs warmup_steps
 warmup_mode warmup_factor momentum nesterov weight_decay weight_decay_on label_smoothing
@@ -70,6 +70,9 @@ def check_config(config) -> None:
   for field in ("batch_size", "log_every_steps", "keep_checkpoints"):
     if config[field] <= 0:
       raise ConfigError(f"config.{field} must be positive, not {config[field]}")
+  if config.eval_examples < 0:
+    raise ConfigError(f"config.eval_examples must be >= 0 (0: the whole eval split), not "
+                      f"{config.eval_examples}")
   if config.crop_padding is not None and config.crop_padding < 0:
     raise ConfigError(f"config.crop_padding must be >= 0 (or None for the dataset's default), "
                       f"not {config.crop_padding}")

@@ -121,23 +121,38 @@ def dataset_info(config) -> DatasetInfo:
   and an image folder's classes and sizes."""
   name = _dataset_name(config)
   spec = DATASETS[name]
+  limit = int(_get(config, "eval_examples", 0))
   if name == "image_folder":
     folder = image_folder.scan(config.get("data_dir", None))
     size = int(_get(config, "image_size", 224))
+    num_eval = len(_folder_eval_subset(len(folder.eval.paths), limit))
     return DatasetInfo(name, len(folder.classes), (size, size, 3), len(folder.train.paths),
-                       len(folder.eval.paths), folder.train.name, folder.eval.name)
+                       num_eval, folder.train.name, folder.eval.name)
   image_shape = spec.image_shape
-  train_split, eval_split = spec.train_split, spec.eval_split
+  train_split = spec.train_split
   num_train, num_eval = spec.num_train_examples, spec.num_eval_examples
+  eval_base, eval_start = spec.eval_split, 0
   if name == "imagenet2012":
     size = int(_get(config, "image_size", 224))
     image_shape = (size, size, 3)
   if name == "cifar10" and _get(config, "cifar_validation_split", False):
     num_train = spec.num_train_examples - CIFAR_VALIDATION_SIZE
-    train_split, eval_split = f"train[:{num_train}]", f"train[{num_train}:]"
+    train_split, eval_base, eval_start = f"train[:{num_train}]", "train", num_train
     num_eval = CIFAR_VALIDATION_SIZE
+  if 0 < limit < num_eval:  # config.eval_examples: the split's first `limit` examples
+    num_eval = limit
+  eval_split = (f"{eval_base}[{eval_start}:{eval_start + num_eval}]"
+                if (eval_start or num_eval < spec.num_eval_examples) else eval_base)
   return DatasetInfo(name, spec.num_classes, image_shape, num_train, num_eval, train_split,
                      eval_split)
+
+
+def _folder_eval_subset(num_files: int, limit: int) -> np.ndarray:
+  """Indices of the eval files that config.eval_examples keeps: all of them for 0, else
+  `limit` spread evenly over the files (sorted by class, so every class keeps its share)."""
+  if not 0 < limit < num_files:
+    return np.arange(num_files)
+  return np.linspace(0, num_files - 1, limit).round().astype(np.int64)
 
 
 def steps_per_epoch(config, process_count: int | None = None) -> int:
@@ -730,7 +745,8 @@ def _folder_eval_iterator(config, process_index: int, process_count: int):
   folder = _checked_folder(config)
   batch = _per_host_batch(config, "eval_batch_size", process_count)
   preprocess = _preprocessors(config)
-  shares = np.array_split(np.arange(len(folder.eval.paths)), process_count)
+  kept = _folder_eval_subset(len(folder.eval.paths), int(_get(config, "eval_examples", 0)))
+  shares = np.array_split(kept, process_count)
   mine = shares[process_index]
   paths, labels = folder.eval.paths[mine], folder.eval.labels[mine]
   num_batches = math.ceil(max(len(s) for s in shares) / batch)

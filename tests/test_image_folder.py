@@ -171,6 +171,16 @@ def test_eval_covers_the_split_once_across_two_hosts(folder, crop, shape):
   assert sorted(seen) == list(range(18, 27))
 
 
+def test_eval_examples_spreads_over_the_classes(folder):
+  config = _config(folder, eval_examples=5)
+  assert ip.dataset_info(config).num_eval_examples == 5
+  labels = []
+  for process in range(2):
+    for batch in ip.create_eval_iterator(config, process_index=process, process_count=2):
+      labels.extend(batch["label"][batch["mask"] == 1].tolist())
+  assert sorted(labels) == [0, 0, 1, 2, 2]  # val ids 18, 20 | 22 | 24, 26: every class
+
+
 def test_eval_pixels_are_the_source_colour_imagenet_normalized(folder):
   batch = next(ip.create_eval_iterator(_config(folder), process_index=0, process_count=1))
   colour = _source_colour(batch["image"])

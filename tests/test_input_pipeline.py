@@ -385,6 +385,25 @@ def test_cifar_validation_split_holds_out_last_5000(fake_tfds):
   assert sorted(ids) == list(range(45000, 50000))
 
 
+@pytest.mark.parametrize("validation", [False, True])
+def test_eval_examples_keeps_the_first_of_the_split_across_two_hosts(fake_tfds, validation):
+  config = _config(dataset="cifar10", data_dir=fake_tfds, batch_size=8, eval_batch_size=4,
+                   cifar_validation_split=validation, eval_examples=11)
+  info = ip.dataset_info(config)
+  first = 45000 if validation else 0
+  assert info.num_eval_examples == 11
+  assert info.eval_split == (f"train[{first}:{first + 11}]" if validation else "test[0:11]")
+  ids = []
+  for process in range(2):
+    for batch in ip.create_eval_iterator(config, process_index=process, process_count=2):
+      ids.extend(_cifar_ids(_denormalize_cifar(batch["image"][batch["mask"] == 1])).tolist())
+  assert sorted(ids) == list(range(first, first + 11))
+  # More than the split holds, or 0: the whole split.
+  for limit in (0, 10**6):
+    whole = ip.dataset_info(_config(**{**config.to_dict(), "eval_examples": limit}))
+    assert whole.num_eval_examples == (5000 if validation else 10000)  # TFDS's test split
+
+
 # ----------------------------------------------------------------------------------------------
 # Errors a user can fix.
 

@@ -82,6 +82,7 @@ def test_bad_config_is_one_message_without_traceback(tmp_path, fashion_mnist_dat
     ("crop_padding", -2, "crop_padding must be >= 0"),
     ("widths", (32, 64), "must be 3 positive integers"),
     ("random_erasing", 1.5, "random_erasing is a probability"),
+    ("eval_examples", -1, "eval_examples must be >= 0"),
 ])
 def test_bad_config_leaves_workdir_untouched(tmp_path, fashion_mnist_data_dir, field, value,
                                              message):
