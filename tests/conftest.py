@@ -11,6 +11,17 @@ os.environ["XLA_FLAGS"] = " ".join(
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+# One persistent compilation cache for the session, this process and every train.py it starts
+# (they inherit the environment): the many short train.py runs of the same small configs then
+# compile each step function once, not once per run (about 20 s of each run on 2 cores).
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import atexit
+  import shutil
+  import tempfile
+  _cache_dir = tempfile.mkdtemp(prefix="flax_resnet_test_jax_cache_")
+  atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
+
 from flax_resnet import cpu  # noqa: E402  (starts no backend)
 
 # XLA's own convolution library (YNNPACK) on every CPU, for this process and the train.py runs

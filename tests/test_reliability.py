@@ -21,7 +21,10 @@ SHORT = [f"--config.num_train_steps={STEPS}", "--config.log_every_steps=1",
          "--config.eval_every_steps=1000", "--config.checkpoint_every_steps=5",
          "--config.keep_checkpoints=2", "--config.batch_size=32",
          "--config.eval_batch_size=2000", "--config.plot=False", "--config.warmup_epochs=0",
-         "--config.cache=False", "--config.shuffle_buffer_size=1024"]
+         "--config.cache=False", "--config.shuffle_buffer_size=1024",
+         # The final evaluation on a fifth of the test split, single view: these tests are
+         # about the train state.
+         "--config.eval_examples=2000", "--config.eval_flip=False"]
 
 
 def start(workdir, data_dir, *flags):
@@ -237,7 +240,8 @@ def test_two_processes_equal_one_process_with_eight_devices(tmp_path, fashion_mn
   config.update(dict(num_train_steps=3, log_every_steps=1, eval_every_steps=1000,
                      checkpoint_every_steps=5, keep_checkpoints=2, batch_size=32,
                      eval_batch_size=2000, plot=False, warmup_epochs=0.0, cache=False,
-                     shuffle_buffer_size=1024, learning_rate=0.002,
+                     shuffle_buffer_size=1024, learning_rate=0.002, eval_examples=2000,
+                     eval_flip=False,
                      data_dir=fashion_mnist_data_dir))
   one_dir = tmp_path / "one_host"
   assert train_and_evaluate(config, str(one_dir))["steps"] == 3

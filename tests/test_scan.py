@@ -252,7 +252,8 @@ def test_train_py_with_scanned_blocks_writes_unrolled_checkpoints(tmp_path,
   workdir = tmp_path / "run"
   flags = ["--config.log_every_steps=4", "--config.eval_every_steps=8",
            "--config.checkpoint_every_steps=4", "--config.batch_size=32",
-           "--config.eval_batch_size=1000", "--config.plot=False"]
+           "--config.eval_batch_size=1000", "--config.plot=False",
+           "--config.eval_examples=1000", "--config.eval_flip=False"]
   first = run_train(workdir, fashion_mnist_data_dir, *flags, "--config.num_train_steps=4",
                     "--config.scan_blocks=True")
   assert first.returncode == 0, first.stderr[-3000:]

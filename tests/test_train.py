@@ -20,7 +20,7 @@ from train_utils import ROOT, records, run_train
 
 QUICK = ["--config.num_train_steps=24", "--config.log_every_steps=8",
          "--config.eval_every_steps=12", "--config.checkpoint_every_steps=12",
-         "--config.batch_size=64", "--config.eval_batch_size=1000"]
+         "--config.batch_size=64", "--config.eval_batch_size=1000", "--config.eval_flip=False"]
 
 
 def test_train_py_end_to_end_and_resume(tmp_path, fashion_mnist_data_dir):
@@ -41,12 +41,16 @@ def test_train_py_end_to_end_and_resume(tmp_path, fashion_mnist_data_dir):
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
 
   # Again with a longer schedule on the same workdir: resumes at 24, not from scratch.
-  longer = [f for f in QUICK if "num_train_steps" not in f] + ["--config.num_train_steps=36"]
+  # Its evaluations on the test split's first 2,000 images (config.eval_examples).
+  longer = [f for f in QUICK if "num_train_steps" not in f] + [
+      "--config.num_train_steps=36", "--config.eval_examples=2000"]
   second = run_train(workdir, fashion_mnist_data_dir, *longer)
   assert second.returncode == 0, second.stderr[-3000:]
   assert "resuming at step 24" in second.stdout
   steps = [r["step"] for r in records(workdir) if "train_loss" in r]
   assert steps == [8, 16, 24, 32, 36]
+  assert [r["eval_examples"] for r in records(workdir) if "eval_accuracy" in r] == [
+      10_000, 10_000, 2_000]
   assert "36" in os.listdir(workdir / "checkpoints")
 
   # Once more on the finished workdir, scoring the test images with their mirrors: no
