@@ -19,6 +19,12 @@ its weight-gradient convolutions (a 32x32 window over the batch, 3x3 output) at 
 against Eigen's 35: the cifar_resnet20 step was 1.2-1.5x and the resnet50 step 3.3x faster with
 every convolution on Eigen. On a CPU with AVX-512 YNNPACK was the faster library (1.12x on
 cifar_resnet20), so it stays there, and on other architectures, which we have not measured.
+Multi-process CPU runs (jax.distributed, gloo collectives) keep YNNPACK too: with Eigen's
+convolutions, two processes of 4 devices computed the first step's weight gradient of one
+convolution (cifar_resnet20, stage 2, block 2, conv1) 3e-3 (relative norm) away from what one
+process of 8 devices computed with either library and what two processes computed with YNNPACK
+(those three agree to 2e-6; the same global batch; 2026-11-28). Not understood; an Eigen run in
+one process is bit-reproducible and agrees with YNNPACK to 2e-6.
 
 XLA reads the flags once, when JAX creates its CPU backend (at the first `jax.devices()` or
 computation), so `configure_cpu()` must be called before that; importing jax is fine.
@@ -84,10 +90,12 @@ def default_convolution_library(machine: str | None = None,
   return "ynnpack" if "avx512f" in flags else "eigen"
 
 
-def resolve_convolution_library(library: str | None = None) -> str:
-  """`library` if given, else FLAX_RESNET_CONVOLUTIONS if set, else
-  `default_convolution_library()`; checked against CONVOLUTION_LIBRARIES."""
-  chosen = library or os.environ.get(CONVOLUTIONS_ENV) or default_convolution_library()
+def resolve_convolution_library(library: str | None = None, multi_process: bool = False) -> str:
+  """`library` if given, else FLAX_RESNET_CONVOLUTIONS if set, else 'ynnpack' for a
+  multi-process run (see the module's docstring) and `default_convolution_library()` for a
+  one-process run; checked against CONVOLUTION_LIBRARIES."""
+  chosen = (library or os.environ.get(CONVOLUTIONS_ENV)
+            or ("ynnpack" if multi_process else default_convolution_library()))
   if chosen not in CONVOLUTION_LIBRARIES:
     source = "asked for" if library else f"in {CONVOLUTIONS_ENV}"
     raise ValueError(f"unknown convolution library {chosen!r} {source}; use one of "
@@ -141,10 +149,11 @@ def cpu_is_the_platform() -> bool:
 
 
 def configure_cpu(device_count: int | None = None, reuse_host_memory: bool = True,
-                  convolution_library: str | None = None) -> int:
+                  convolution_library: str | None = None, multi_process: bool = False) -> int:
   """Makes JAX's CPU backend expose `device_count` devices (default: one per core) and run its
   convolutions with `convolution_library` ('ynnpack' or 'eigen'; default: the environment
-  variable FLAX_RESNET_CONVOLUTIONS, else `default_convolution_library()`).
+  variable FLAX_RESNET_CONVOLUTIONS, else `default_convolution_library()`, or 'ynnpack' if
+  `multi_process`: this process will join others through jax.distributed).
 
   Does nothing to GPU or TPU backends (the flags only concern the host platform), and leaves
   a device count or YNNPACK fusion setting already in XLA_FLAGS alone, so a user's setting
@@ -152,7 +161,7 @@ def configure_cpu(device_count: int | None = None, reuse_host_memory: bool = Tru
   (`reuse_freed_host_memory`) unless `reuse_host_memory=False`. Returns the device count that
   the CPU backend will have.
   """
-  library = resolve_convolution_library(convolution_library)
+  library = resolve_convolution_library(convolution_library, multi_process)
   on_cpu = cpu_is_the_platform()
   if reuse_host_memory and on_cpu and not _backends_started():
     reuse_freed_host_memory()

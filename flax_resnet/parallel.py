@@ -35,12 +35,21 @@ def initialize_distributed(coordinator_address: str | None = None,
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if coordinator_address or (num_processes or 1) > 1:
     jax.distributed.initialize(coordinator_address, num_processes, process_id)
-    return
-  in_cluster = (len(os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
-                or int(os.environ.get("SLURM_NTASKS", "1")) > 1
-                or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1)
-  if in_cluster:
+  elif _in_cluster():
     jax.distributed.initialize()
+
+
+def _in_cluster() -> bool:
+  return (len(os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
+          or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+          or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1)
+
+
+def joins_several_processes(coordinator_address: str | None = None,
+                            num_processes: int | None = None) -> bool:
+  """Whether `initialize_distributed` with these arguments will join a multi-process job
+  (answers without starting JAX, so configure_cpu can be told before)."""
+  return bool(coordinator_address) or (num_processes or 1) > 1 or _in_cluster()
 
 
 class DataParallel:

@@ -24,12 +24,9 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 
 from flax_resnet import cpu  # noqa: E402  (starts no backend)
 
-# XLA's own convolution library (YNNPACK) on every CPU, for this process and the train.py runs
-# it starts. With Eigen's (train.py's default on x86 CPUs without AVX-512) two processes of 4
-# devices and one process of 8 drifted apart by about 1e-3 in the momentum buffers after 3
-# steps, which test_reliability's comparison does not allow (YNNPACK: 2e-6); not understood
-# yet. tests/test_cpu.py runs Eigen's convolutions and checks them against YNNPACK's.
-os.environ.setdefault(cpu.CONVOLUTIONS_ENV, "ynnpack")
+# The convolution library is train.py's default for this CPU (flax_resnet.cpu): Eigen's on x86
+# without AVX-512 for one process, YNNPACK for multi-process runs; tests/test_cpu.py runs both.
+
 # As train.py does: freed host memory kept for reuse (the device count of 8 above stays).
 cpu.configure_cpu()
 
