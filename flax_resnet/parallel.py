@@ -33,10 +33,15 @@ def initialize_distributed(coordinator_address: str | None = None,
   """
   # CPU devices of several processes talk through gloo (GPU and TPU ignore this setting).
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  if coordinator_address or (num_processes or 1) > 1:
+  if _asked_for_several_processes(coordinator_address, num_processes):
     jax.distributed.initialize(coordinator_address, num_processes, process_id)
   elif _in_cluster():
     jax.distributed.initialize()
+
+
+def _asked_for_several_processes(coordinator_address: str | None,
+                                 num_processes: int | None) -> bool:
+  return bool(coordinator_address) or (num_processes or 1) > 1
 
 
 def _in_cluster() -> bool:
@@ -49,7 +54,7 @@ def joins_several_processes(coordinator_address: str | None = None,
                             num_processes: int | None = None) -> bool:
   """Whether `initialize_distributed` with these arguments will join a multi-process job
   (answers without starting JAX, so configure_cpu can be told before)."""
-  return bool(coordinator_address) or (num_processes or 1) > 1 or _in_cluster()
+  return _asked_for_several_processes(coordinator_address, num_processes) or _in_cluster()
 
 
 class DataParallel:
