@@ -1,13 +1,15 @@
 """Speed of one convolution's forward pass and its two gradients, on one device.
 
     python benchmarks/convolution.py [--batch_size=32] [--image_size=32] [--channels=64] \
-        [--stride=1] [--conv_library=auto|ynnpack|eigen] [--calls=5]
+        [--stride=1] [--conv_library=auto|ynnpack|eigen] [--calls=5] [--compare_torch]
 
 Why: a ResNet's train step is mostly convolutions, and on the CPU XLA hands them to one of two
 libraries (YNNPACK or Eigen, `flax_resnet.cpu.default_convolution_library`) whose speed
 depends on the CPU and differs between the three convolutions of a training step. This prints
 each one's best time over `--calls` calls and its GFLOP/s, so the choice can be checked on a
 new machine; pin it to one core (`taskset -c 0`) to compare libraries core for core.
+`--compare_torch` also times PyTorch's three (NCHW, as many threads as the process has cores)
+and prints ours / PyTorch, to show whether a gap in the whole step lies in the convolutions.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ def parse_args(argv=None):
   p.add_argument("--stride", type=int, default=1)
   p.add_argument("--conv_library", default="auto", choices=("auto", *cpu.CONVOLUTION_LIBRARIES))
   p.add_argument("--calls", type=int, default=5, help="timed calls (the best is reported)")
+  p.add_argument("--compare_torch", action="store_true",
+                 help="also time PyTorch's forward and gradients of the same convolution")
   return p.parse_args(argv)
 
 
@@ -62,17 +66,46 @@ def main(argv=None):
   print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, "
         f"convolutions on {library}")
   print(f"convolution: batch {n}, {size}x{size}, 3x3, {c} -> {c} channels, stride {s}")
+  torch_calls = torch_programs(np.asarray(x), np.asarray(w), np.asarray(dy), s) \
+      if args.compare_torch else {}
   for name, (fn, operands) in programs.items():
     compiled = jax.jit(fn).lower(*operands).compile()
-    jax.block_until_ready(compiled(*operands))
-    times = []
-    for _ in range(args.calls):
-      start = time.perf_counter()
-      jax.block_until_ready(compiled(*operands))
-      times.append(time.perf_counter() - start)
-    best = min(times)
+    best = best_seconds(lambda: jax.block_until_ready(compiled(*operands)), args.calls)
     print(f"{name}: {best * 1e3:.1f} ms  ({flops / best / 1e9:.1f} GFLOP/s, best of "
           f"{args.calls})")
+    if name in torch_calls:
+      theirs = best_seconds(torch_calls[name], args.calls)
+      print(f"  torch_{name}: {theirs * 1e3:.1f} ms  ({flops / theirs / 1e9:.1f} GFLOP/s); "
+            f"ours / PyTorch (speed): {theirs / best:.2f}")
+
+
+def best_seconds(call, calls: int) -> float:
+  """Best wall time of `calls` calls, after one untimed call."""
+  call()
+  times = []
+  for _ in range(calls):
+    start = time.perf_counter()
+    call()
+    times.append(time.perf_counter() - start)
+  return min(times)
+
+
+def torch_programs(x, w, dy, stride: int):
+  """PyTorch's forward, input gradient and weight gradient of the same 3x3 convolution."""
+  import torch
+  torch.set_num_threads(cpu.default_cpu_device_count())
+  print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+  x = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+  w = torch.from_numpy(w.transpose(3, 2, 0, 1).copy())  # HWIO -> OIHW
+  dy = torch.from_numpy(dy.transpose(0, 3, 1, 2).copy())
+
+  def gradient(input_mask):
+    return lambda: torch.ops.aten.convolution_backward(
+        dy, x, w, None, [stride, stride], [1, 1], [1, 1], False, [0, 0], 1, input_mask)
+
+  return {"forward": lambda: torch.nn.functional.conv2d(x, w, stride=stride, padding=1),
+          "input_gradient": gradient([True, False, False]),
+          "weight_gradient": gradient([False, True, False])}
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
     python benchmarks/train_step.py --model=cifar_resnet20 --batch_size=128 --image_size=32 \
         [--dtype=float32|bfloat16] [--devices=K] [--widths=24,48,96] [--scan_blocks] \
-        [--conv_library=auto|ynnpack|eigen] [--keep_malloc_defaults] [--compare_torch] \
-        [--json=FILE]
+        [--conv_library=auto|ynnpack|eigen] [--keep_malloc_defaults] [--per_device_batch_norm] \
+        [--compare_torch] [--json=FILE]
 
 Times `flax_resnet.train_step.train_step` mapped over K devices by
 `flax_resnet.parallel.DataParallel`, exactly the step that train.py runs, on one fixed random
@@ -21,6 +21,8 @@ Imports no tensorflow, ml_collections or clu, so it runs on a bare jax + flax + 
 On CPU it splits the batch over one virtual device per core, keeps freed host memory for reuse
 and picks the convolution library for the CPU (flax_resnet.cpu), as train.py does;
 `--keep_malloc_defaults` and `--conv_library` give the baselines for the last two.
+`--per_device_batch_norm` takes BatchNorm's statistics over each device's shard alone: not
+what train.py runs (it synchronizes them), but the measure of what synchronizing costs.
 """
 
 from __future__ import annotations
@@ -79,6 +81,9 @@ def parse_args(argv=None):
                       "FLAX_RESNET_CONVOLUTIONS or the CPU's default)")
   p.add_argument("--keep_malloc_defaults", action="store_true",
                  help="on CPU, do not keep freed host memory for reuse (the baseline)")
+  p.add_argument("--per_device_batch_norm", action="store_true",
+                 help="BatchNorm statistics per device, not synchronized (train.py synchronizes "
+                      "them): shows what the synchronization costs")
   p.add_argument("--compare_torch", action="store_true")
   p.add_argument("--torch_threads", type=int, default=0, help="0: one per core")
   p.add_argument("--json", default="", help="also write the figures to this file")
@@ -116,7 +121,8 @@ class FlaxStep:
     overrides = {"scan_blocks": True} if args.scan_blocks else {}
     if args.widths:
       overrides["widths"] = args.widths
-    model = create_model(args.model, axis_name=AXIS, dtype=dtype, **overrides)
+    axis_name = None if args.per_device_batch_norm else AXIS  # None: BN statistics per device
+    model = create_model(args.model, axis_name=axis_name, dtype=dtype, **overrides)
     self.num_classes = model.num_classes
     config = optimizer_config(args.batch_size)
     lr_fn = optim.create_learning_rate_fn(config, steps_per_epoch=1000, num_train_steps=90_000)
@@ -336,6 +342,7 @@ def main(argv=None):
         f"batch {args.batch_size}, image {args.image_size}, {args.dtype}, "
         f"{'scanned' if args.scan_blocks else 'unrolled'} blocks, {args.parallelism}"
         f"{', glibc malloc defaults' if args.keep_malloc_defaults else ''}"
+        f"{', BatchNorm statistics per device' if args.per_device_batch_norm else ''}"
         f"{', convolutions on ' + library if platform == 'cpu' else ''}")
 
   ours = FlaxStep(args, devices)
@@ -373,6 +380,7 @@ def main(argv=None):
       "dtype": args.dtype, "devices": len(devices), "device_kind": kind, "platform": platform,
       "scan_blocks": args.scan_blocks, "parallelism": args.parallelism,
       "malloc_defaults": args.keep_malloc_defaults,
+      "batch_norm": "per device" if args.per_device_batch_norm else "synchronized",
       "conv_library": library if platform == "cpu" else None,
       "compile_seconds": ours.compile_seconds, "first_step_seconds": ours.first_step_seconds,
       "step_seconds": step_seconds, "step_seconds_all": ours_times,
