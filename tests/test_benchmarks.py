@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -18,6 +20,7 @@ def test_train_step_benchmark_writes_its_figures(tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
   figures = json.loads(path.read_text())
   assert figures["devices"] == 2 and figures["batch_size"] == 16
+  assert figures["batch_norm"] == "synchronized"  # as train.py runs it
   assert figures["images_per_second"] > 0 and figures["compile_seconds"] > 0
   assert len(figures["step_seconds_all"]) == 2
   # 40.6 M multiply-adds per 32x32 image: the model really is the paper's ResNet-20.
@@ -27,6 +30,18 @@ def test_train_step_benchmark_writes_its_figures(tmp_path):
   # taps on zero padding (16% of them on 8x8 maps) and the image's gradient (0.930 measured).
   assert 0.9 < figures["flops_vs_3x_forward"] < 1.0
   assert f"images_per_second: {figures['images_per_second']:.1f}" in result.stdout
+
+
+def test_train_step_benchmark_can_take_batch_norm_statistics_per_device(tmp_path):
+  path = tmp_path / "figures.json"
+  result = subprocess.run(
+      [sys.executable, "benchmarks/train_step.py", "--model=cifar_resnet20", "--batch_size=8",
+       "--image_size=16", "--devices=2", "--warmup=0", "--rounds=1", "--steps=1",
+       "--per_device_batch_norm", f"--json={path}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert json.loads(path.read_text())["batch_norm"] == "per device"
+  assert "BatchNorm statistics per device" in result.stdout
 
 
 def test_train_step_benchmark_times_a_widened_network(tmp_path):
@@ -58,3 +73,15 @@ def test_convolution_benchmark_times_the_three_convolutions_of_a_step():
   for name in ("forward", "input_gradient", "weight_gradient"):
     line = next(l for l in result.stdout.splitlines() if l.startswith(f"{name}: "))
     assert float(line.split()[1]) > 0 and "GFLOP/s" in line
+
+
+def test_convolution_benchmark_compares_with_pytorch():
+  pytest.importorskip("torch")  # the benchmark's optional dependency, not installed by CI
+  result = subprocess.run(
+      [sys.executable, "benchmarks/convolution.py", "--batch_size=2", "--image_size=8",
+       "--channels=16", "--stride=2", "--calls=1", "--compare_torch"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  for name in ("forward", "input_gradient", "weight_gradient"):
+    line = next(l for l in result.stdout.splitlines() if l.startswith(f"  torch_{name}: "))
+    assert float(line.split()[1]) > 0 and float(line.rsplit(maxsplit=1)[1]) > 0
