@@ -29,12 +29,11 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
   from flax_resnet.cpu import configure_cpu
-  from flax_resnet.parallel import initialize_distributed, joins_several_processes
+  from flax_resnet.parallel import initialize_distributed
   # On CPU: one device per core, so the data-parallel step uses every core, and the faster
   # convolution library for this CPU (flax_resnet.cpu; FLAX_RESNET_CONVOLUTIONS overrides).
   try:
-    configure_cpu(multi_process=joins_several_processes(FLAGS.coordinator_address,
-                                                        FLAGS.num_processes))
+    configure_cpu()
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

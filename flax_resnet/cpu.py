@@ -19,12 +19,13 @@ its weight-gradient convolutions (a 32x32 window over the batch, 3x3 output) at 
 against Eigen's 35: the cifar_resnet20 step was 1.2-1.5x and the resnet50 step 3.3x faster with
 every convolution on Eigen. On a CPU with AVX-512 YNNPACK was the faster library (1.12x on
 cifar_resnet20), so it stays there, and on other architectures, which we have not measured.
-Multi-process CPU runs (jax.distributed, gloo collectives) keep YNNPACK too: with Eigen's
-convolutions, two processes of 4 devices computed the first step's weight gradient of one
-convolution (cifar_resnet20, stage 2, block 2, conv1) 3e-3 (relative norm) away from what one
-process of 8 devices computed with either library and what two processes computed with YNNPACK
-(those three agree to 2e-6; the same global batch; 2026-11-28). Not understood; an Eigen run in
-one process is bit-reproducible and agrees with YNNPACK to 2e-6.
+Multi-process CPU runs (jax.distributed, gloo collectives) follow the same rule. Their first-step
+gradients once looked library-dependent (3e-3 apart from a one-process run); the cause was a
+ReLU: one BatchNorm output of the whole batch lay 3e-7 from zero (float64), and the rounding of
+one run put it on the other side, changing one element of one device's gradient by 1e-4 and,
+through the synchronized statistics, every device's. Two processes on either library agreed
+with float64 to 2e-6; one process, on either library, differed only through that flip
+(measured 2026-11-28). ReLU's kink makes such flips possible on any library or device count.
 
 XLA reads the flags once, when JAX creates its CPU backend (at the first `jax.devices()` or
 computation), so `configure_cpu()` must be called before that; importing jax is fine.
@@ -90,12 +91,10 @@ def default_convolution_library(machine: str | None = None,
   return "ynnpack" if "avx512f" in flags else "eigen"
 
 
-def resolve_convolution_library(library: str | None = None, multi_process: bool = False) -> str:
-  """`library` if given, else FLAX_RESNET_CONVOLUTIONS if set, else 'ynnpack' for a
-  multi-process run (see the module's docstring) and `default_convolution_library()` for a
-  one-process run; checked against CONVOLUTION_LIBRARIES."""
-  chosen = (library or os.environ.get(CONVOLUTIONS_ENV)
-            or ("ynnpack" if multi_process else default_convolution_library()))
+def resolve_convolution_library(library: str | None = None) -> str:
+  """`library` if given, else FLAX_RESNET_CONVOLUTIONS if set, else
+  `default_convolution_library()`; checked against CONVOLUTION_LIBRARIES."""
+  chosen = library or os.environ.get(CONVOLUTIONS_ENV) or default_convolution_library()
   if chosen not in CONVOLUTION_LIBRARIES:
     source = "asked for" if library else f"in {CONVOLUTIONS_ENV}"
     raise ValueError(f"unknown convolution library {chosen!r} {source}; use one of "
@@ -149,11 +148,10 @@ def cpu_is_the_platform() -> bool:
 
 
 def configure_cpu(device_count: int | None = None, reuse_host_memory: bool = True,
-                  convolution_library: str | None = None, multi_process: bool = False) -> int:
+                  convolution_library: str | None = None) -> int:
   """Makes JAX's CPU backend expose `device_count` devices (default: one per core) and run its
   convolutions with `convolution_library` ('ynnpack' or 'eigen'; default: the environment
-  variable FLAX_RESNET_CONVOLUTIONS, else `default_convolution_library()`, or 'ynnpack' if
-  `multi_process`: this process will join others through jax.distributed).
+  variable FLAX_RESNET_CONVOLUTIONS, else `default_convolution_library()`).
 
   Does nothing to GPU or TPU backends (the flags only concern the host platform), and leaves
   a device count or YNNPACK fusion setting already in XLA_FLAGS alone, so a user's setting
@@ -161,7 +159,7 @@ def configure_cpu(device_count: int | None = None, reuse_host_memory: bool = Tru
   (`reuse_freed_host_memory`) unless `reuse_host_memory=False`. Returns the device count that
   the CPU backend will have.
   """
-  library = resolve_convolution_library(convolution_library, multi_process)
+  library = resolve_convolution_library(convolution_library)
   on_cpu = cpu_is_the_platform()
   if reuse_host_memory and on_cpu and not _backends_started():
     reuse_freed_host_memory()

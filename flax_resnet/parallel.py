@@ -50,13 +50,6 @@ def _in_cluster() -> bool:
           or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1)
 
 
-def joins_several_processes(coordinator_address: str | None = None,
-                            num_processes: int | None = None) -> bool:
-  """Whether `initialize_distributed` with these arguments will join a multi-process job
-  (answers without starting JAX, so configure_cpu can be told before)."""
-  return _asked_for_several_processes(coordinator_address, num_processes) or _in_cluster()
-
-
 class DataParallel:
   """Maps per-device steps over all devices; moves states and batches to and from them."""
 

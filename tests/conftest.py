@@ -25,7 +25,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 from flax_resnet import cpu  # noqa: E402  (starts no backend)
 
 # The convolution library is train.py's default for this CPU (flax_resnet.cpu): Eigen's on x86
-# without AVX-512 for one process, YNNPACK for multi-process runs; tests/test_cpu.py runs both.
+# without AVX-512, YNNPACK elsewhere; tests/test_cpu.py runs both.
 
 # As train.py does: freed host memory kept for reuse (the device count of 8 above stays).
 cpu.configure_cpu()

@@ -75,22 +75,24 @@ def test_the_environment_picks_the_convolution_library(monkeypatch):
     cpu.configure_cpu(reuse_host_memory=False)
 
 
-def test_multi_process_runs_keep_ynnpack_unless_told(monkeypatch):
-  """Eigen's convolutions put one weight gradient of a two-process run 3e-3 off (cpu.py)."""
-  from flax_resnet.parallel import joins_several_processes
-  monkeypatch.setattr(cpu, "default_convolution_library", lambda: "eigen")
-  monkeypatch.delenv(cpu.CONVOLUTIONS_ENV, raising=False)
+def test_initialize_distributed_joins_only_when_asked_or_in_a_cluster(monkeypatch):
+  """A laptop run never starts jax.distributed; explicit arguments or a cluster's own
+  environment (SLURM, Open MPI, Cloud TPU pods) do."""
+  import jax
+  from flax_resnet import parallel
+  calls = []
+  monkeypatch.setattr(jax.distributed, "initialize", lambda *a: calls.append(a))
   for name in ("TPU_WORKER_HOSTNAMES", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
     monkeypatch.delenv(name, raising=False)
-  assert cpu.resolve_convolution_library() == "eigen"
-  assert cpu.resolve_convolution_library(multi_process=True) == "ynnpack"
-  assert cpu.resolve_convolution_library("eigen", multi_process=True) == "eigen"
-  assert not joins_several_processes() and not joins_several_processes(None, 1)
-  assert joins_several_processes("localhost:1234") and joins_several_processes(None, 2)
+  parallel.initialize_distributed()
+  parallel.initialize_distributed(None, 1)
+  assert calls == []
+  parallel.initialize_distributed("localhost:1234", 2, 1)
+  parallel.initialize_distributed(None, 2, 0)
+  assert calls == [("localhost:1234", 2, 1), (None, 2, 0)]
   monkeypatch.setenv("SLURM_NTASKS", "4")
-  assert joins_several_processes()
-  monkeypatch.setenv(cpu.CONVOLUTIONS_ENV, "eigen")
-  assert cpu.resolve_convolution_library(multi_process=True) == "eigen"
+  parallel.initialize_distributed()
+  assert calls[-1] == ()
 
 
 def test_train_py_names_a_bad_convolution_library_in_one_line(tmp_path):

@@ -249,9 +249,13 @@ def test_two_processes_equal_one_process_with_eight_devices(tmp_path, fashion_mn
   import jax
   # Few steps at a small learning rate: the first steps from He init are chaotic enough to
   # grow the different summation order of cross-process collectives (1e-7 at step 1) to 1e-3
-  # by step 3 at lr 0.025. At lr 0.002, parameters, BN statistics and momentum buffers agree
-  # to about 2e-6 in norm after 3 steps (measured); the momentum buffers are compared by norm
-  # because some of their elements are near zero.
+  # by step 3 at lr 0.025. At lr 0.002 parameters and BN statistics agree to about 2e-6 after
+  # 3 steps (measured). The momentum buffers (the gradients themselves) agree to 2e-6 unless a
+  # ReLU input lies within rounding of zero and the two runs round it to opposite sides: the
+  # synchronized BN statistics then spread that one pixel's gradient to every layer below,
+  # 5.5e-3 (relative norm) at most in this test on Eigen (flax_resnet/cpu.py). Errors of the
+  # multi-process setup itself (a host left out of the average or of the BN statistics) move
+  # them by tens of percent. They are compared by norm: some of their elements are near zero.
   two, one = saved_state(workdir, 3), saved_state(one_dir, 3)
   assert jax.tree.structure(two) == jax.tree.structure(one)
   for part in ("params", "batch_stats"):
@@ -260,7 +264,7 @@ def test_two_processes_equal_one_process_with_eight_devices(tmp_path, fashion_mn
                                  err_msg=part)
   for x, y in zip(jax.tree.leaves(two["opt_state"]), jax.tree.leaves(one["opt_state"])):
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    assert np.linalg.norm(x - y) <= 1e-4 * np.linalg.norm(y) + 1e-7
+    assert np.linalg.norm(x - y) <= 2e-2 * np.linalg.norm(y) + 1e-7
   assert int(two["step"]) == int(one["step"]) == 3
 
   # The two-process checkpoint restores in this one-process run, which trains on from it.
