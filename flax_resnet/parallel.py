@@ -33,15 +33,10 @@ def initialize_distributed(coordinator_address: str | None = None,
   """
   # CPU devices of several processes talk through gloo (GPU and TPU ignore this setting).
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  if _asked_for_several_processes(coordinator_address, num_processes):
+  if coordinator_address or (num_processes or 1) > 1:
     jax.distributed.initialize(coordinator_address, num_processes, process_id)
   elif _in_cluster():
     jax.distributed.initialize()
-
-
-def _asked_for_several_processes(coordinator_address: str | None,
-                                 num_processes: int | None) -> bool:
-  return bool(coordinator_address) or (num_processes or 1) > 1
 
 
 def _in_cluster() -> bool:

@@ -75,26 +75,6 @@ def test_the_environment_picks_the_convolution_library(monkeypatch):
     cpu.configure_cpu(reuse_host_memory=False)
 
 
-def test_initialize_distributed_joins_only_when_asked_or_in_a_cluster(monkeypatch):
-  """A laptop run never starts jax.distributed; explicit arguments or a cluster's own
-  environment (SLURM, Open MPI, Cloud TPU pods) do."""
-  import jax
-  from flax_resnet import parallel
-  calls = []
-  monkeypatch.setattr(jax.distributed, "initialize", lambda *a: calls.append(a))
-  for name in ("TPU_WORKER_HOSTNAMES", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
-    monkeypatch.delenv(name, raising=False)
-  parallel.initialize_distributed()
-  parallel.initialize_distributed(None, 1)
-  assert calls == []
-  parallel.initialize_distributed("localhost:1234", 2, 1)
-  parallel.initialize_distributed(None, 2, 0)
-  assert calls == [("localhost:1234", 2, 1), (None, 2, 0)]
-  monkeypatch.setenv("SLURM_NTASKS", "4")
-  parallel.initialize_distributed()
-  assert calls[-1] == ()
-
-
 def test_train_py_names_a_bad_convolution_library_in_one_line(tmp_path):
   env = {**os.environ, "JAX_PLATFORMS": "cpu", cpu.CONVOLUTIONS_ENV: "onednn"}
   result = subprocess.run([sys.executable, "train.py", "--config=configs/fashion_mnist.py",

@@ -14,7 +14,7 @@ import pytest
 from configs import default
 from flax_resnet import create_model, optim
 from flax_resnet.checkpointing import Checkpointer
-from flax_resnet.parallel import DataParallel
+from flax_resnet.parallel import DataParallel, initialize_distributed
 from flax_resnet.train_step import AXIS, create_train_state, eval_step, train_step
 from train_utils import ROOT, records, run_train
 
@@ -153,6 +153,24 @@ def _train(mode, devices, state, step, batches):
   for batch in batches:
     state, metrics = mapped(state, parallel.put_batch(batch))
   return jax.device_get(parallel.get_state(state)), parallel.get_metrics(metrics)
+
+
+def test_initialize_distributed_joins_only_when_asked_or_in_a_cluster(monkeypatch):
+  """A laptop run never starts jax.distributed; explicit arguments or a cluster's own
+  environment (SLURM, Open MPI, Cloud TPU pods) do."""
+  calls = []
+  monkeypatch.setattr(jax.distributed, "initialize", lambda *a: calls.append(a))
+  for name in ("TPU_WORKER_HOSTNAMES", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+    monkeypatch.delenv(name, raising=False)
+  initialize_distributed()
+  initialize_distributed(None, 1)
+  assert calls == []
+  initialize_distributed("localhost:1234", 2, 1)
+  initialize_distributed(None, 2, 0)
+  assert calls == [("localhost:1234", 2, 1), (None, 2, 0)]
+  monkeypatch.setenv("SLURM_NTASKS", "4")
+  initialize_distributed()
+  assert calls[-1] == ()
 
 
 def test_eight_devices_equal_one_device_bn_statistics_included():
