@@ -85,3 +85,32 @@ def test_convolution_benchmark_compares_with_pytorch():
   for name in ("forward", "input_gradient", "weight_gradient"):
     line = next(l for l in result.stdout.splitlines() if l.startswith(f"  torch_{name}: "))
     assert float(line.split()[1]) > 0 and float(line.rsplit(maxsplit=1)[1]) > 0
+
+
+def test_convolution_benchmark_rewrites_compute_the_same_convolution_and_gradients():
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  try:
+    import convolution
+  finally:
+    sys.path.remove(os.path.join(ROOT, "benchmarks"))
+  import jax
+  import numpy as np
+  from jax import lax
+
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((2, 6, 5, 4)).astype(np.float32)  # not square: rows and columns
+  w = rng.standard_normal((3, 3, 4, 3)).astype(np.float32)  # differ, in != out channels
+
+  def direct(x, w):
+    return lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  dy = rng.standard_normal(direct(x, w).shape).astype(np.float32)
+  expected_y, vjp = jax.vjp(direct, x, w)
+  for name in ("width_taps", "all_taps"):
+    y, rewritten_vjp = jax.vjp(convolution.FORMULATIONS[name], x, w)
+    np.testing.assert_allclose(y, expected_y, rtol=1e-5, atol=1e-5, err_msg=name)
+    for got, want in zip(rewritten_vjp(dy), vjp(dy)):
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=name)
+  with pytest.raises(SystemExit, match="needs --stride=1"):
+    convolution.main(["--stride=2", "--formulation=width_taps"])
