@@ -20,6 +20,7 @@ convolutions (benchmarks/README.md); each is checked against the direct convolut
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -54,21 +55,19 @@ def main(argv=None):
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from jax import lax
 
   n, size, c, s = args.batch_size, args.image_size, args.channels, args.stride
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((n, size, size, c)), jnp.float32)
   w = jnp.asarray(rng.standard_normal((3, 3, c, c)) * 0.05, jnp.float32)
 
-  def direct(x, w):
-    return lax.conv_general_dilated(x, w, (s, s), ((1, 1), (1, 1)),
-                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-  forward = FORMULATIONS[args.formulation] or direct
-  expected = direct(x, w)
-  np.testing.assert_allclose(forward(x, w), expected, rtol=1e-4, atol=1e-4 * float(
-      jnp.abs(expected).max()))
+  expected = direct(x, w, stride=s)
+  if args.formulation == "direct":
+    forward = functools.partial(direct, stride=s)
+  else:
+    forward = FORMULATIONS[args.formulation]
+    np.testing.assert_allclose(forward(x, w), expected, rtol=1e-4, atol=1e-4 * float(
+        jnp.abs(expected).max()))
   dy = jnp.asarray(rng.standard_normal(expected.shape), jnp.float32)
   programs = {
       "forward": (forward, (x, w)),
@@ -78,8 +77,9 @@ def main(argv=None):
   flops = 2 * dy.size * 9 * c  # each of the three is one output's worth of 3x3 x c MACs
   print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, "
         f"convolutions on {library}")
+  checked = "" if args.formulation == "direct" else " (same output as the direct convolution)"
   print(f"convolution: batch {n}, {size}x{size}, 3x3, {c} -> {c} channels, stride {s}, "
-        f"written as {args.formulation} (same output as the direct convolution)")
+        f"written as {args.formulation}{checked}")
   torch_calls = torch_programs(np.asarray(x), np.asarray(w), np.asarray(dy), s) \
       if args.compare_torch else {}
   for name, (fn, operands) in programs.items():
@@ -93,6 +93,16 @@ def main(argv=None):
             f"ours / PyTorch (speed): {theirs / best:.2f}")
 
 
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def direct(x, w, stride: int = 1):
+  """The convolution as the models write it: one `lax.conv_general_dilated`, padding 1."""
+  from jax import lax
+  return lax.conv_general_dilated(x, w, (stride, stride), ((1, 1), (1, 1)),
+                                  dimension_numbers=_NHWC)
+
+
 def width_taps(x, w):
   """The three horizontal taps of each pixel side by side in channels (3c), then a 3x1
   convolution: fewer, longer rows for the convolution's patch extraction, 3x the input."""
@@ -102,7 +112,7 @@ def width_taps(x, w):
   padded = jnp.pad(x, ((0, 0), (0, 0), (1, 1), (0, 0)))
   taps = jnp.concatenate([padded[:, :, d:d + size] for d in range(3)], axis=-1)
   return lax.conv_general_dilated(taps, w.reshape(3, 1, -1, w.shape[-1]), (1, 1),
-                                  ((1, 1), (0, 0)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+                                  ((1, 1), (0, 0)), dimension_numbers=_NHWC)
 
 
 def all_taps(x, w):
@@ -115,7 +125,7 @@ def all_taps(x, w):
   return taps @ w.reshape(-1, w.shape[-1])
 
 
-FORMULATIONS = {"direct": None, "width_taps": width_taps, "all_taps": all_taps}
+FORMULATIONS = {"direct": direct, "width_taps": width_taps, "all_taps": all_taps}
 
 
 def best_seconds(call, calls: int) -> float:
