@@ -29,12 +29,13 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
   from flax_resnet.cpu import configure_cpu
+  from flax_resnet.errors import USER_ERRORS
   from flax_resnet.parallel import initialize_distributed
   # On CPU: one device per core, so the data-parallel step uses every core, and the faster
   # convolution library for this CPU (flax_resnet.cpu; FLAX_RESNET_CONVOLUTIONS overrides).
   try:
     configure_cpu()
-  except ValueError as e:
+  except USER_ERRORS as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
   from flax_resnet.trainer import train_and_evaluate

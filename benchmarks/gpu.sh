@@ -25,7 +25,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader || 
 run() {  # name, then benchmark flags
   local name=$1; shift
   echo "=== $name"
-  python3 benchmarks/train_step.py --warmup=3 --rounds=5 --steps=10 --json="$OUT/$name.json" "$@"
+  python3 benchmarks/step_speed.py --warmup=3 --rounds=5 --steps=10 --json="$OUT/$name.json" "$@"
 }
 run resnet50_bf16 --model=resnet50 --batch_size=256 --image_size=224 --dtype=bfloat16
 run resnet50_fp32 --model=resnet50 --batch_size=256 --image_size=224 --dtype=float32

@@ -31,7 +31,7 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 from tensorflow_datasets.core import splits as splits_lib  # noqa: E402
 
-from flax_resnet import input_pipeline as ip  # noqa: E402
+from flax_resnet.data import pipeline as ip  # noqa: E402
 
 
 def make_jpegs(count: int, height: int, width: int, seed: int = 0) -> list[bytes]:

@@ -36,13 +36,15 @@ from flax_resnet.models import (
     CifarPlain56,
     CifarPlain110,
 )
-from flax_resnet.model_summary import count_macs, count_params, summary
+from flax_resnet.summary import count_macs, count_params, summary
 
 __version__ = "0.1.0"
 
 # Imported on first use, so that `import flax_resnet` stays light (no orbax, no TensorFlow).
 _LAZY = {
-    "train_and_evaluate": "flax_resnet.trainer",
+    "train_and_evaluate": "flax_resnet.loop",
+    "default_config": "flax_resnet.config",
+    "check_config": "flax_resnet.config",
     "from_torchvision": "flax_resnet.convert",
     "to_torchvision": "flax_resnet.convert",
     "load_state_dict": "flax_resnet.convert",

@@ -17,9 +17,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-
-class CheckpointError(RuntimeError):
-  """A checkpoint that cannot serve this run; the message says why and what to do."""
+from flax_resnet.errors import CheckpointError
 
 
 class Checkpointer:

@@ -40,6 +40,8 @@ import re
 import sys
 from importlib import metadata, util
 
+from flax_resnet.errors import ConfigError
+
 _DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 _YNN_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 # XLA's default library fusions less YNNPACK's convolutions: those then run on Eigen.
@@ -97,7 +99,7 @@ def resolve_convolution_library(library: str | None = None) -> str:
   chosen = library or os.environ.get(CONVOLUTIONS_ENV) or default_convolution_library()
   if chosen not in CONVOLUTION_LIBRARIES:
     source = "asked for" if library else f"in {CONVOLUTIONS_ENV}"
-    raise ValueError(f"unknown convolution library {chosen!r} {source}; use one of "
+    raise ConfigError(f"unknown convolution library {chosen!r} {source}; use one of "
                      f"{', '.join(CONVOLUTION_LIBRARIES)}")
   return chosen
 

@@ -1,6 +1,6 @@
 """Data parallelism over every device of every host.
 
-The per-device steps of `flax_resnet.train_step` are mapped over a 1-D device mesh with
+The per-device steps of `flax_resnet.step` are mapped over a 1-D device mesh with
 `jax.shard_map` (the default; jit-compiled, what `jax.pmap` itself is built on since JAX 0.8),
 or with `jax.pmap` when `config.parallelism='pmap'`. Both run the same step function, so both
 give the same numbers. The train state lives replicated on every device; each host feeds its
@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from flax_resnet.train_step import AXIS
+from flax_resnet.errors import ConfigError
 
+AXIS = "data"  # the mesh axis of data parallelism, named by every collective of the steps
 MODES = ("shard_map", "pmap")
 
 
@@ -64,7 +65,7 @@ class DataParallel:
     """A batch must split evenly over devices and hosts: say so before anything compiles."""
     if global_batch_size % self.num_devices:
       lower = global_batch_size // self.num_devices * self.num_devices
-      raise ValueError(
+      raise ConfigError(
           f"{what}={global_batch_size} does not divide over the {self.num_devices} devices "
           f"of this run; use a multiple of {self.num_devices}, e.g. "
           f"--config.{what}={max(lower, self.num_devices)}")

@@ -40,7 +40,7 @@ import pytest  # noqa: E402
 def fashion_mnist_data_dir(tmp_path_factory):
   """A TFDS data_dir with fashion_mnist prepared once per session from Debian's local IDX files
   (about 20 s, no network)."""
-  from flax_resnet import fashion_mnist_local
+  from flax_resnet.data import fashion_mnist as fashion_mnist_local
   data_dir = tmp_path_factory.mktemp("tfds_data")
   fashion_mnist_local.prepare(data_dir)
   return str(data_dir)

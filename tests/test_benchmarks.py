@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_train_step_benchmark_writes_its_figures(tmp_path):
   path = tmp_path / "figures.json"
   result = subprocess.run(
-      [sys.executable, "benchmarks/train_step.py", "--model=cifar_resnet20", "--batch_size=16",
+      [sys.executable, "benchmarks/step_speed.py", "--model=cifar_resnet20", "--batch_size=16",
        "--image_size=32", "--devices=2", "--warmup=0", "--rounds=2", "--steps=1",
        f"--json={path}"],
       cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -35,7 +35,7 @@ def test_train_step_benchmark_writes_its_figures(tmp_path):
 def test_train_step_benchmark_can_take_batch_norm_statistics_per_device(tmp_path):
   path = tmp_path / "figures.json"
   result = subprocess.run(
-      [sys.executable, "benchmarks/train_step.py", "--model=cifar_resnet20", "--batch_size=8",
+      [sys.executable, "benchmarks/step_speed.py", "--model=cifar_resnet20", "--batch_size=8",
        "--image_size=16", "--devices=2", "--warmup=0", "--rounds=1", "--steps=1",
        "--per_device_batch_norm", f"--json={path}"],
       cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -49,7 +49,7 @@ def test_train_step_benchmark_times_a_widened_network(tmp_path):
   common = ["--model=cifar_resnet20", "--batch_size=8", "--image_size=16", "--devices=1",
             "--warmup=0", "--rounds=1", "--steps=1"]
   result = subprocess.run(
-      [sys.executable, "benchmarks/train_step.py", *common, "--widths=32,64,128",
+      [sys.executable, "benchmarks/step_speed.py", *common, "--widths=32,64,128",
        f"--json={path}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
   figures = json.loads(path.read_text())

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flax_resnet import image_folder
-from flax_resnet import input_pipeline as ip
+from flax_resnet.data import image_folder
+from flax_resnet.data import pipeline as ip
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ("ant", "bee", "cat")

@@ -11,8 +11,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import splits as splits_lib
 
-from flax_resnet import fashion_mnist_local
-from flax_resnet import input_pipeline as ip
+from flax_resnet.data import fashion_mnist as fashion_mnist_local
+from flax_resnet.data import pipeline as ip
 
 FASHION_SOURCE = fashion_mnist_local.DEFAULT_SOURCE_DIR
 

@@ -8,7 +8,7 @@ import pytest
 
 import flax_resnet
 from flax_resnet import count_macs, count_params, create_model, summary
-from flax_resnet.model_summary import layers
+from flax_resnet.summary import layers
 from flax_resnet.models import BasicBlock, BottleneckBlock, Shortcut
 
 # torchvision's parameter counts (option B shortcuts, 1000 classes).

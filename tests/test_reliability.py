@@ -225,7 +225,8 @@ def test_two_processes_equal_one_process_with_eight_devices(tmp_path, fashion_mn
   assert "over 8 devices" in outputs[0]
 
   # One process, 8 devices, the same global batches: host 0's then host 1's half of each.
-  from flax_resnet import input_pipeline, train_and_evaluate
+  from flax_resnet import train_and_evaluate
+  from flax_resnet.data import pipeline as input_pipeline
   from configs import fashion_mnist
   original = input_pipeline.create_train_iterator
 

@@ -18,7 +18,8 @@ from flax_resnet.conv import canonical_conv, materialize
 from flax_resnet.models import (create_model, scanned_to_unrolled, to_scanned_layout,
                                 to_unrolled_layout, unrolled_to_scanned)
 from flax_resnet.parallel import DataParallel
-from flax_resnet.train_step import AXIS, TrainState, create_train_state, train_step
+from flax_resnet.parallel import AXIS
+from flax_resnet.step import TrainState, create_train_state, train_step
 from train_utils import run_train, saved_state
 
 # A narrow CIFAR ResNet-20 (3 blocks per stage, option A shortcuts) and a narrow bottleneck

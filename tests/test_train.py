@@ -15,7 +15,8 @@ from configs import default
 from flax_resnet import create_model, optim
 from flax_resnet.checkpointing import Checkpointer
 from flax_resnet.parallel import DataParallel, initialize_distributed
-from flax_resnet.train_step import AXIS, create_train_state, eval_step, train_step
+from flax_resnet.parallel import AXIS
+from flax_resnet.step import create_train_state, eval_step, train_step
 from train_utils import ROOT, records, run_train
 
 QUICK = ["--config.num_train_steps=24", "--config.log_every_steps=8",
@@ -104,7 +105,7 @@ def test_bad_config_leaves_workdir_untouched(tmp_path, fashion_mnist_data_dir, f
 
 
 def test_eval_flip_with_ten_crop_is_refused():
-  from flax_resnet.config_check import ConfigError, check_config
+  from flax_resnet.config import ConfigError, check_config
   config = default.get_config()
   config.eval_flip, config.imagenet_eval_crop = True, "ten_crop"
   with pytest.raises(ConfigError, match="already include the mirrored ones"):
@@ -112,7 +113,7 @@ def test_eval_flip_with_ten_crop_is_refused():
 
 
 def test_typo_in_config_field_is_named(tmp_path):
-  from flax_resnet.config_check import ConfigError, check_config
+  from flax_resnet.config import ConfigError, check_config
   config = default.get_config()
   config.unlock()
   config.weight_decai = 1e-4
@@ -121,7 +122,7 @@ def test_typo_in_config_field_is_named(tmp_path):
 
 
 def test_default_config_sets_every_field():
-  from flax_resnet.config_check import FIELDS, check_config
+  from flax_resnet.config import FIELDS, check_config
   assert set(default.get_config().keys()) == FIELDS
   for name in os.listdir(os.path.join(ROOT, "configs")):
     if name.endswith(".py") and name != "__init__.py":
@@ -310,7 +311,7 @@ def test_plot_overlay_command(tmp_path):
 def test_half_precision_step(dtype):
   """bfloat16 compute, or float16 with dynamic loss scaling: an overflowing step is skipped
   and the scale halves; a normal step trains and keeps float32 parameters."""
-  from flax_resnet.trainer import build_model
+  from flax_resnet.loop import build_model
   config = default.get_config()
   config.update(dict(model="cifar_resnet20", batch_size=16, lr_reference_batch_size=0,
                      half_precision=True, half_precision_dtype=dtype))

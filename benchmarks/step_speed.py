@@ -1,6 +1,6 @@
 """Speed of the library's compiled train step (forward, backward, SGD update).
 
-    python benchmarks/train_step.py --model=cifar_resnet20 --batch_size=128 --image_size=32 \
+    python benchmarks/step_speed.py --model=cifar_resnet20 --batch_size=128 --image_size=32 \
         [--dtype=float32|bfloat16] [--devices=K] [--widths=24,48,96] [--scan_blocks] \
         [--conv_library=auto|ynnpack|eigen] [--keep_malloc_defaults] [--per_device_batch_norm] \
         [--compare_torch] [--json=FILE]
@@ -114,7 +114,8 @@ class FlaxStep:
     import numpy as np
     from flax_resnet import create_model, optim
     from flax_resnet.parallel import DataParallel
-    from flax_resnet.train_step import AXIS, create_train_state, train_step
+    from flax_resnet.parallel import AXIS
+    from flax_resnet.step import create_train_state, train_step
 
     self.jax = jax
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32

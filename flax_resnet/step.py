@@ -18,7 +18,7 @@ import optax
 from flax import struct
 from flax.training import dynamic_scale as dynamic_scale_lib
 
-AXIS = "data"  # the mapped device axis of every collective
+from flax_resnet.parallel import AXIS
 
 
 class TrainState(struct.PyTreeNode):

@@ -40,8 +40,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from flax_resnet import fashion_mnist_local
-from flax_resnet import image_folder
+from flax_resnet.data import fashion_mnist as fashion_mnist_local
+from flax_resnet.data import image_folder
 
 # tf.data runs on the host: keep a GPU build of TensorFlow from claiming accelerator memory that
 # JAX needs (a no-op with tensorflow-cpu; fails harmlessly once TF has initialized its devices).

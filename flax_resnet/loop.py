@@ -18,16 +18,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from flax_resnet import optim
-from flax_resnet.checkpointing import Checkpointer, CheckpointError
-from flax_resnet.config_check import ConfigError, check_config
+from flax_resnet.checkpointing import Checkpointer
+from flax_resnet.config import check_config
+from flax_resnet.errors import CheckpointError, ConfigError, TrainingDiverged
 from flax_resnet.models import MODEL_SPECS, create_model, to_scanned_layout, to_unrolled_layout
 from flax_resnet.parallel import DataParallel
 from flax_resnet.reporting import Reporter
-from flax_resnet.train_step import AXIS, create_train_state, eval_step, train_step
-
-
-class TrainingDiverged(RuntimeError):
-  """The loss became NaN or infinite; the last good checkpoint is left as it was."""
+from flax_resnet.step import create_train_state, eval_step, train_step
 
 
 def compute_dtype(config):
@@ -87,7 +84,7 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
   Returns the final evaluation metrics (eval_accuracy, eval_top5_accuracy, eval_loss) and
   the number of steps trained.
   """
-  from flax_resnet import input_pipeline  # imports TensorFlow: only when training
+  from flax_resnet.data import pipeline as input_pipeline  # imports TensorFlow
 
   check_config(config)
   workdir = _prepare_workdir(workdir)

@@ -1,0 +1,183 @@
+"""The one config schema: every field, its default and its allowed values, defined here once.
+
+`default_config()` is the paper's ImageNet recipe for ResNet-50. Experiment files in
+`configs/` start from it and change what differs; in a notebook:
+
+    config = flax_resnet.default_config()
+    config.model, config.dataset = "cifar_resnet20", "fashion_mnist"
+    flax_resnet.train_and_evaluate(config, "workdirs/mine")
+
+`check_config` refuses a config that cannot run, with one message naming the field, before
+anything is built or written. The modules that read a config read its fields directly,
+without defaults of their own.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import ml_collections
+
+from flax_resnet import models, parallel
+from flax_resnet.errors import ConfigError
+
+# Allowed values of the fields that take a name. Model and dataset names are the keys of
+# models.MODEL_SPECS and data.datasets.DATASETS; the options a module owns are its own.
+CHOICES = {
+    "shortcut": models.SHORTCUT_OPTIONS,
+    "imagenet_train_augmentation": ("paper", "inception"),
+    "imagenet_eval_crop": ("center", "ten_crop"),
+    "image_folder_check": ("auto", "full", "header", "lazy"),
+    "lr_schedule": ("step", "cosine", "constant"),
+    "warmup_mode": ("linear", "constant"),
+    "weight_decay_on": ("kernels", "all"),
+    "half_precision_dtype": ("bfloat16", "float16"),
+    "parallelism": parallel.MODES,
+}
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Every field the library reads, at its default: the paper's ImageNet recipe."""
+  config = ml_collections.ConfigDict()
+
+  # Model: a name of flax_resnet.create_model and ResNet field overrides.
+  config.model = "resnet50"
+  config.widths = ()                    # base width of each stage; (): the model's own
+  config.shortcut = "B"                 # the paper's options A, B, C (models.Shortcut)
+  config.stride_in_1x1 = False          # True: the paper's v1 bottleneck; False: v1.5
+  config.zero_init_residual = False
+  config.num_classes = 0                # 0: the dataset's number of classes
+  # Compile the repeated blocks of each stage once (nn.scan): a sooner first step for deep
+  # nets, slower steps after (benchmarks/README.md). Checkpoints hold the unrolled layout
+  # either way, so a run may resume with the other setting.
+  config.scan_blocks = False
+
+  # Data (flax_resnet.data).
+  config.dataset = "imagenet2012"       # imagenet2012 | cifar10 | fashion_mnist | image_folder
+  config.data_dir = ml_collections.FieldReference(None, field_type=str)  # None: TFDS's default
+  config.image_size = 224               # imagenet2012 and image_folder
+  config.imagenet_train_augmentation = "paper"   # scale augmentation [256, 480] | 'inception'
+  config.imagenet_eval_crop = "center"           # 'center' (256 -> 224) | 'ten_crop'
+  config.image_resize_antialias = False          # PIL/torchvision-like resizing, slower
+  config.image_folder_check = "auto"             # how image_folder files are checked first
+  # CIFAR-10, Fashion-MNIST: zero padding before the random crop (None: the paper's 4
+  # pixels; 0: flips only).
+  config.crop_padding = ml_collections.FieldReference(None, field_type=int)
+  config.random_erasing = 0.0           # probability per training image (Zhong et al. 2020)
+  # Score each eval image and its mirror by their mean logits (ImageNet's 'ten_crop'
+  # includes the mirrors already).
+  config.eval_flip = False
+  config.cifar_validation_split = False  # True: train on 45k, evaluate on the held-out 5k
+  config.eval_examples = 0              # > 0: evaluate on this many eval examples only
+  config.fashion_mnist_source_dir = "/usr/share/datasets/fashion-mnist"  # Debian's IDX files
+  config.shuffle_buffer_size = 16_384   # streamed (not cached) datasets
+  config.prefetch = 2                   # batches prepared ahead
+  config.cache = False                  # hold the decoded training split in host memory
+
+  # Optimization: SGD with momentum, L2 weight decay, the paper's step schedule.
+  config.batch_size = 256               # global, over all devices of all hosts
+  config.eval_batch_size = 0            # 0: batch_size
+  config.num_epochs = 90
+  config.num_train_steps = 0            # > 0 wins over num_epochs
+  config.learning_rate = 0.1            # at lr_reference_batch_size examples per step
+  config.lr_reference_batch_size = 256  # lr = learning_rate * batch_size / this (0: no scaling)
+  config.lr_schedule = "step"
+  config.lr_decay_epochs = (30, 60)     # 'step': divide the lr by 10 at these epochs ...
+  config.lr_decay_steps = ()            # ... or at these steps, if given
+  config.lr_decay_factor = 0.1
+  config.warmup_epochs = 0.0
+  config.warmup_steps = 0               # > 0 wins over warmup_epochs
+  config.warmup_mode = "linear"         # from 0, or 'constant' at warmup_factor * lr
+  config.warmup_factor = 0.1
+  config.momentum = 0.9
+  config.nesterov = False
+  config.weight_decay = 1e-4
+  config.weight_decay_on = "kernels"    # conv and dense kernels | 'all' parameters
+  config.label_smoothing = 0.0
+  config.half_precision = False         # compute in half_precision_dtype, parameters float32
+  config.half_precision_dtype = "bfloat16"  # 'float16' adds dynamic loss scaling
+
+  # Parallelism: the per-device step is mapped with jax.shard_map, or jax.pmap.
+  config.parallelism = "shard_map"
+
+  # Bookkeeping.
+  config.seed = 0
+  config.log_every_steps = 100
+  config.eval_every_steps = 0           # 0: once per epoch
+  config.checkpoint_every_steps = 0     # 0: once per epoch
+  config.keep_checkpoints = 3
+  config.plot = True                    # training curves as WORKDIR/curves.png at the end
+  return config
+
+
+FIELDS = frozenset(default_config().keys())
+
+# Numeric fields and the values they take: (test, what the value must be).
+_RANGES = {
+    "batch_size": (lambda v: v > 0, "positive"),
+    "eval_batch_size": (lambda v: v >= 0, ">= 0 (0: batch_size)"),
+    "image_size": (lambda v: v > 0, "a positive number of pixels"),
+    "num_classes": (lambda v: v >= 0, ">= 0 (0: the dataset's)"),
+    "num_epochs": (lambda v: v >= 0, ">= 0"),
+    "num_train_steps": (lambda v: v >= 0, ">= 0 (0: num_epochs decides)"),
+    "learning_rate": (lambda v: v > 0, "positive"),
+    "lr_reference_batch_size": (lambda v: v >= 0, ">= 0 (0: no scaling)"),
+    "lr_decay_factor": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "warmup_epochs": (lambda v: v >= 0, ">= 0"),
+    "warmup_steps": (lambda v: v >= 0, ">= 0"),
+    "warmup_factor": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "random_erasing": (lambda v: 0 <= v <= 1, "a probability per image, in [0, 1]"),
+    "crop_padding": (lambda v: v is None or v >= 0, ">= 0 (or None for the dataset's own)"),
+    "eval_examples": (lambda v: v >= 0, ">= 0 (0: the whole eval split)"),
+    "shuffle_buffer_size": (lambda v: v > 0, "positive"),
+    "prefetch": (lambda v: v >= 0, ">= 0"),
+    "seed": (lambda v: v >= 0, ">= 0"),
+    "log_every_steps": (lambda v: v > 0, "positive"),
+    "eval_every_steps": (lambda v: v >= 0, ">= 0 (0: once per epoch)"),
+    "checkpoint_every_steps": (lambda v: v >= 0, ">= 0 (0: once per epoch)"),
+    "keep_checkpoints": (lambda v: v > 0, "positive"),
+}
+
+
+def check_config(config) -> None:
+  """Raises ConfigError for unknown or missing fields, unknown names and impossible values."""
+  keys = set(config.keys())
+  unknown = sorted(keys - FIELDS)
+  if unknown:
+    hints = []
+    for key in unknown:
+      close = difflib.get_close_matches(key, FIELDS, n=1)
+      hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise ConfigError(f"unknown config field {', '.join(hints)}; the fields are listed in "
+                      "flax_resnet/config.py")
+  missing = sorted(FIELDS - keys)
+  if missing:
+    raise ConfigError(f"config lacks field(s) {missing}; start from "
+                      "flax_resnet.default_config() and override what differs")
+  if config.model not in models.MODEL_SPECS:
+    raise ConfigError(f"unknown model {config.model!r}; valid models: {', '.join(models.MODEL_SPECS)}")
+  stages = len(models.MODEL_SPECS[config.model]["stage_sizes"])
+  if config.widths and (len(config.widths) != stages
+                        or not all(isinstance(w, int) and w > 0 for w in config.widths)):
+    raise ConfigError(f"config.widths={tuple(config.widths)} must be {stages} positive integers "
+                      f"(one per stage of {config.model}), or () for the model's own "
+                      f"{models.MODEL_SPECS[config.model]['widths']}")
+  from flax_resnet.data.pipeline import DATASETS  # imports TensorFlow: only when training
+  if config.dataset not in DATASETS:
+    raise ConfigError(f"unknown dataset {config.dataset!r}; valid datasets: "
+                      f"{', '.join(DATASETS)}")
+  for field, choices in CHOICES.items():
+    if config[field] not in choices:
+      raise ConfigError(f"config.{field}={config[field]!r} is not one of {choices}")
+  for field, (ok, what) in _RANGES.items():
+    if not ok(config[field]):
+      raise ConfigError(f"config.{field} must be {what}, not {config[field]!r}")
+  if (config.eval_flip and config.imagenet_eval_crop == "ten_crop"
+      and config.dataset in ("imagenet2012", "image_folder")):
+    raise ConfigError("config.eval_flip and config.imagenet_eval_crop='ten_crop' do not combine: "
+                      "the ten crops already include the mirrored ones; set one of them")
+  if config.num_train_steps <= 0 and config.num_epochs <= 0:
+    raise ConfigError("set config.num_epochs or config.num_train_steps to a positive number")
