@@ -8,7 +8,10 @@ Starting again on the same workdir resumes from its newest checkpoint. The loop 
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow only feeds data here
+# TensorFlow only feeds data here: no logging from it, and no oneDNN kernels (for matmuls and
+# convolutions, which the input pipeline does not run) with their start-up notice.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -24,34 +27,70 @@ flags.DEFINE_bool("traceback", False, "show the full traceback of an error")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def fail(message: str):
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(1)
+
+
+def _message(error: Exception) -> str:
+  """An exception's text in one line; ml_collections nests quotes and newlines in KeyErrors."""
+  text = str(error.args[0] if error.args else error)
+  while isinstance(error, (KeyError, AttributeError)) and text[:1] in "'\"" and len(text) > 1:
+    text = text[1:-1]
+  return " ".join(text.replace("\\n", "\n").replace("\\'", "'").split())
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with one line, not a traceback, for a missing config file or an
+  override of a field the config does not have."""
+  for arg in argv[1:]:
+    if arg.startswith("--config="):
+      path = arg.split("=", 1)[1].split(":")[0]
+      if not os.path.isfile(path):
+        fail(f"--config={path}: no such config file (the experiments are in configs/)")
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    fail(f"{e}; see --helpshort")
+  except (AttributeError, KeyError) as e:  # ml_collections: an unknown field in an override
+    fail(f"--config: {_message(e)}")
+
+
+def final_line(result: dict) -> str:
+  """What a run ended with: its last evaluation, and how it stopped."""
+  if result.get("stopped_by"):
+    last = (f"last eval accuracy {result['eval_accuracy']:.4f} at step {result['eval_step']}"
+            if "eval_accuracy" in result else "no evaluation yet")
+    return (f"stopped: {result['stopped_by']} at step {result['steps']} of "
+            f"{result['num_train_steps']} (checkpoint saved; run the same command to resume); "
+            f"{last}")
+  if "eval_accuracy" not in result:
+    return f"final: {result['steps']} steps, no evaluation"
+  return f"final: eval accuracy {result['eval_accuracy']:.4f} after {result['steps']} steps"
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
+  config = FLAGS.config
   from flax_resnet.cpu import configure_cpu
   from flax_resnet.errors import USER_ERRORS
   from flax_resnet.parallel import initialize_distributed
-  # On CPU: one device per core, so the data-parallel step uses every core, and the faster
-  # convolution library for this CPU (flax_resnet.cpu; FLAX_RESNET_CONVOLUTIONS overrides).
-  try:
-    configure_cpu()
-  except USER_ERRORS as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
-  from flax_resnet.trainer import train_and_evaluate
-  from flax_resnet.errors import USER_ERRORS
 
   try:
+    # On CPU: one device per core and the faster convolution library for this CPU
+    # (flax_resnet.cpu; FLAX_RESNET_CONVOLUTIONS overrides).
+    configure_cpu()
+    from flax_resnet.loop import train_and_evaluate
     initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    result = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    result = train_and_evaluate(config, FLAGS.workdir)
   except USER_ERRORS as e:
     if FLAGS.traceback:
       raise
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
-  if "eval_accuracy" in result:
-    print(f"final: eval accuracy {result['eval_accuracy']:.4f} after {result['steps']} steps")
+    fail(str(e))
+  print(final_line(result))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

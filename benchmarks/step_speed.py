@@ -17,7 +17,7 @@ analysis counts them against 3x the forward pass's (2 x MACs from
 torchvision layout, no torchvision needed) in a child process, round by round interleaved with
 ours, with the same batch and as many threads as cores, and prints the ratio.
 
-Imports no tensorflow, ml_collections or clu, so it runs on a bare jax + flax + optax machine.
+Imports no tensorflow or clu, so it runs where the library alone is installed.
 On CPU it splits the batch over one virtual device per core, keeps freed host memory for reuse
 and picks the convolution library for the CPU (flax_resnet.cpu), as train.py does;
 `--keep_malloc_defaults` and `--conv_library` give the baselines for the last two.
@@ -36,7 +36,6 @@ import resource
 import statistics
 import sys
 import time
-import types
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -90,15 +89,6 @@ def parse_args(argv=None):
   return p.parse_args(argv)
 
 
-def optimizer_config(batch_size: int):
-  """The optimizer fields of configs/default.py (the paper's SGD), without ml_collections."""
-  return types.SimpleNamespace(
-      batch_size=batch_size, learning_rate=0.1, lr_reference_batch_size=256,
-      lr_schedule="step", lr_decay_epochs=(30, 60), lr_decay_steps=(), lr_decay_factor=0.1,
-      warmup_epochs=0.0, warmup_steps=0, warmup_mode="linear", warmup_factor=0.1,
-      momentum=0.9, nesterov=False, weight_decay=1e-4, weight_decay_on="kernels")
-
-
 def peak_host_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
@@ -113,6 +103,7 @@ class FlaxStep:
     import jax.numpy as jnp
     import numpy as np
     from flax_resnet import create_model, optim
+    from flax_resnet.config import default_config
     from flax_resnet.parallel import DataParallel
     from flax_resnet.parallel import AXIS
     from flax_resnet.step import create_train_state, train_step
@@ -123,9 +114,12 @@ class FlaxStep:
     if args.widths:
       overrides["widths"] = args.widths
     axis_name = None if args.per_device_batch_norm else AXIS  # None: BN statistics per device
+    # The CPU's module overrides, as the training loop passes them (none on GPU and TPU).
+    overrides.update(cpu.model_overrides(args.scan_blocks))
     model = create_model(args.model, axis_name=axis_name, dtype=dtype, **overrides)
     self.num_classes = model.num_classes
-    config = optimizer_config(args.batch_size)
+    config = default_config()  # the paper's SGD, as train.py's configs use it
+    config.batch_size = args.batch_size
     lr_fn = optim.create_learning_rate_fn(config, steps_per_epoch=1000, num_train_steps=90_000)
     tx = optim.create_optimizer(config, lr_fn)
     image_shape = (args.image_size, args.image_size, 3)

@@ -1,34 +1,20 @@
-"""CPU defaults for training and benchmarks, set through XLA_FLAGS before JAX starts.
+"""Every CPU-specific choice of the library, in one place.
 
-Why split a batch over virtual CPU devices: XLA:CPU runs most of a ResNet's convolutions one
-after another, each on few threads, so one CPU device keeps about one core busy however many
-there are (measured on 2 cores, cifar_resnet20 at batch 128: 68 images/s on one device, 184 on
-two, 90 on four). `--xla_force_host_platform_device_count=N` makes N CPU devices; the data-parallel
-step (flax_resnet.parallel) gives each its slice of the batch, and their programs run at the
-same time, one per core. BatchNorm still sees the whole batch (synchronized over the mapped
-axis), so the numbers are the same as on one device. See benchmarks/README.md for figures.
+Two kinds of choice live here, both leaving the numbers a run computes unchanged:
+- XLA:CPU settings, made through XLA_FLAGS before JAX starts its backend (`configure_cpu`):
+  one virtual device per core, so the data-parallel step runs one program per core (XLA:CPU
+  keeps about one core busy per device); the convolution library that is faster on this
+  CPU (Eigen on x86 without AVX-512, where YNNPACK's weight-gradient convolutions are slow;
+  YNNPACK, XLA's default, elsewhere); and glibc's malloc told to keep freed memory, since
+  XLA:CPU allocates every execution's buffers anew and glibc would unmap and fault them in
+  again each step.
+- Module overrides (`model_overrides`): formulations of the model's operations that XLA:CPU
+  runs faster (flax_resnet.cpu_ops), passed to `create_model` by the training loop and the
+  benchmarks. The model itself has no backend checks.
 
-Why freed host memory is kept (`reuse_freed_host_memory`): XLA:CPU allocates the temporary
-buffers of every execution anew and frees them when it ends; glibc hands out and takes back
-blocks that large with mmap/munmap, so each train step faulted all its pages in again.
-
-Why convolutions go to Eigen on x86 CPUs without AVX-512 (`default_convolution_library`):
-XLA:CPU hands every convolution with more than 16 channels to YNNPACK. On an AVX2-only CPU
-(AMD EPYC, Zen 1) YNNPACK's forward and input-gradient convolutions ran as fast as Eigen's, but
-its weight-gradient convolutions (a 32x32 window over the batch, 3x3 output) at 4-5 GFLOP/s
-against Eigen's 35: the cifar_resnet20 step was 1.2-1.5x and the resnet50 step 3.3x faster with
-every convolution on Eigen. On a CPU with AVX-512 YNNPACK was the faster library (1.12x on
-cifar_resnet20), so it stays there, and on other architectures, which we have not measured.
-Multi-process CPU runs (jax.distributed, gloo collectives) follow the same rule. Their first-step
-gradients once looked library-dependent (3e-3 apart from a one-process run); the cause was a
-ReLU: one BatchNorm output of the whole batch lay 3e-7 from zero (float64), and the rounding of
-one run put it on the other side, changing one element of one device's gradient by 1e-4 and,
-through the synchronized statistics, every device's. Two processes on either library agreed
-with float64 to 2e-6; one process, on either library, differed only through that flip
-(measured 2026-11-28). ReLU's kink makes such flips possible on any library or device count.
-
-XLA reads the flags once, when JAX creates its CPU backend (at the first `jax.devices()` or
-computation), so `configure_cpu()` must be called before that; importing jax is fine.
+benchmarks/README.md holds the measurements behind each choice. XLA reads the flags once,
+when JAX creates its CPU backend (at the first `jax.devices()` or computation), so
+`configure_cpu()` must run before that; importing jax is fine.
 """
 
 from __future__ import annotations
@@ -52,11 +38,8 @@ CONVOLUTIONS_ENV = "FLAX_RESNET_CONVOLUTIONS"
 
 
 def default_cpu_device_count() -> int:
-  """One virtual device per core this process may run on (at least 1).
-
-  Measured on 2 cores (benchmarks/README.md): one device per core was the fastest setting;
-  more devices than cores only adds synchronization.
-  """
+  """One virtual device per core this process may run on (at least 1): more devices than
+  cores only add synchronization (benchmarks/README.md)."""
   try:
     cores = len(os.sched_getaffinity(0))
   except AttributeError:  # not Linux
@@ -80,9 +63,9 @@ def default_convolution_library(machine: str | None = None,
                                 cpu_flags: set[str] | None = None) -> str:
   """'eigen' on x86-64 CPUs without AVX-512, else 'ynnpack' (XLA's own choice).
 
-  Measured (benchmarks/README.md): without AVX-512 YNNPACK's weight-gradient convolutions ran
-  7x slower than Eigen's; with AVX-512 YNNPACK's whole step was the faster. The arguments
-  default to this machine's (`platform.machine()`, /proc/cpuinfo).
+  Without AVX-512 YNNPACK's weight-gradient convolutions are several times slower than
+  Eigen's; with AVX-512 YNNPACK's whole step is the faster (benchmarks/README.md). The
+  arguments default to this machine's (`platform.machine()`, /proc/cpuinfo).
   """
   machine = (machine or platform.machine()).lower()
   if machine not in ("x86_64", "amd64"):
@@ -121,13 +104,11 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 def reuse_freed_host_memory() -> bool:
   """Makes glibc's malloc keep freed memory for the next allocation instead of unmapping it.
 
-  Why: XLA:CPU allocates each execution's temporary buffers anew (162 MB per device for
-  cifar_resnet20 at batch 128) and frees them at its end. glibc serves blocks that large with
-  mmap and returns them with munmap, so every step faulted all those pages in again: 83,000
-  page faults and 0.16 s of kernel time per step on 2 cores, a fifth of the CPU time. With one
-  malloc arena, no mmap and no trimming, the freed blocks stay in the heap and the next step
-  reuses them: no page faults, and the step is 1.2x faster (benchmarks/README.md). The price:
-  the process keeps its peak heap until it exits. Call it before JAX starts its backends (the
+  XLA:CPU allocates each execution's temporary buffers anew and frees them at its end; glibc
+  serves blocks that large with mmap and returns them with munmap, so every step would fault
+  all those pages in again. With one malloc arena, no mmap and no trimming, the freed blocks
+  stay in the heap and the next step reuses them. The price: the process keeps its peak heap
+  until it exits. Call it before JAX starts its backends (the
   device threads then share the one arena). Linux with glibc only; elsewhere it does nothing
   and returns False.
   """
@@ -185,3 +166,27 @@ def configure_cpu(device_count: int | None = None, reuse_host_memory: bool = Tru
           "computation")
     os.environ["XLA_FLAGS"] = " ".join([flags, *added]).strip()
   return count
+
+
+def model_overrides(scan_blocks: bool = False, backend: str | None = None) -> dict:
+  """ResNet field overrides that make XLA:CPU train faster, for `create_model(name, **...)`.
+
+  On the CPU: every ReLU output is materialized once (`cpu_ops.materialized_relu`), and with
+  scanned blocks every convolution's backward pass is written in the canonical layout that
+  XLA:CPU runs on its fast kernels inside loops too (`cpu_ops.canonical_conv`). Elsewhere
+  (`backend`, default `jax.default_backend()`, is not 'cpu'): no overrides. The overrides
+  change neither the variables nor the numbers, only how XLA:CPU schedules them.
+  """
+  import jax
+
+  if (backend or jax.default_backend()) != "cpu":
+    return {}
+  import functools
+
+  import flax.linen as nn
+
+  from flax_resnet import cpu_ops
+  overrides = {"act": cpu_ops.materialized_relu}
+  if scan_blocks:
+    overrides["conv"] = functools.partial(nn.Conv, conv_general_dilated=cpu_ops.canonical_conv)
+  return overrides

@@ -1,8 +1,13 @@
 """The training loop: `train_and_evaluate(config, workdir)`, importable from a notebook.
 
-Builds the model, optimizer and input pipeline from the config, resumes from the newest
-checkpoint in WORKDIR/checkpoints, trains with the data-parallel step, evaluates over the
-whole evaluation split, and writes metrics, TensorBoard summaries, checkpoints and a plot.
+    config = flax_resnet.default_config()
+    config.update(model="cifar_resnet20", dataset="fashion_mnist", image_size=28, ...)
+    result = flax_resnet.train_and_evaluate(config, "workdirs/mine")
+
+In order: check the config and the data (before anything is written), build the model,
+optimizer and data-parallel steps, restore the newest checkpoint of WORKDIR/checkpoints or
+initialize, then train, evaluating and checkpointing as configured, and write metrics,
+TensorBoard summaries and a plot. Each part is a function or class of its own below.
 """
 
 from __future__ import annotations
@@ -10,19 +15,18 @@ from __future__ import annotations
 import functools
 import os
 import signal
-import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flax_resnet import optim
+from flax_resnet import cpu, optim, scan_layout
 from flax_resnet.checkpointing import Checkpointer
 from flax_resnet.config import check_config
 from flax_resnet.errors import CheckpointError, ConfigError, TrainingDiverged
-from flax_resnet.models import MODEL_SPECS, create_model, to_scanned_layout, to_unrolled_layout
-from flax_resnet.parallel import DataParallel
+from flax_resnet.models import MODEL_SPECS, create_model
+from flax_resnet.parallel import AXIS, DataParallel
 from flax_resnet.reporting import Reporter
 from flax_resnet.step import create_train_state, eval_step, train_step
 
@@ -34,15 +38,18 @@ def compute_dtype(config):
 
 
 def build_model(config, num_classes: int):
+  """The configured network, with synchronized BatchNorm over the data axis and the speed
+  overrides of the backend (flax_resnet.cpu.model_overrides; none on GPU and TPU)."""
   widths = {"widths": tuple(config.widths)} if config.widths else {}  # (): the model's own
   return create_model(config.model, num_classes=num_classes, shortcut=config.shortcut,
                       stride_in_1x1=config.stride_in_1x1,
                       zero_init_residual=config.zero_init_residual,
                       scan_blocks=config.scan_blocks, dtype=compute_dtype(config),
-                      axis_name=AXIS, **widths)
+                      axis_name=AXIS, **widths, **cpu.model_overrides(config.scan_blocks))
 
 
-def _prepare_workdir(workdir: str) -> str:
+def prepare_workdir(workdir: str) -> str:
+  """The absolute workdir, created; a ConfigError if it cannot be written to."""
   workdir = os.path.abspath(workdir)
   try:
     os.makedirs(workdir, exist_ok=True)
@@ -56,7 +63,7 @@ def _prepare_workdir(workdir: str) -> str:
   return workdir
 
 
-class _Preemption:
+class Preemption:
   """Turns SIGTERM (a preempted VM, a cluster scheduler) into a request to save and stop."""
 
   def __init__(self):
@@ -78,23 +85,121 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
+# --- Checkpoints: what they hold, and restoring or initializing the state ---------------------
+
+def run_identity(config, model, num_classes: int, image_shape) -> dict[str, Any]:
+  """What a checkpoint records about its run (its `meta` item)."""
+  return {"model": config.model, "widths": list(model.widths), "dataset": config.dataset,
+          "num_classes": num_classes, "image_shape": list(image_shape),
+          "config": config.to_dict()}
+
+
+def check_same_run(saved: dict[str, Any], meta: dict[str, Any], workdir: str) -> None:
+  """Refuses a checkpoint of another model, width, dataset or class count."""
+  saved_widths = saved.get("widths")
+  if saved_widths is None and saved.get("model") in MODEL_SPECS:  # absent: the model's own
+    saved_widths = list(MODEL_SPECS[saved["model"]]["widths"])
+  keys = ("model", "dataset", "num_classes")
+  if [saved.get(k) for k in keys] + [saved_widths] != [meta[k] for k in keys] + [meta["widths"]]:
+    raise CheckpointError(
+        f"{workdir} holds checkpoints of {saved.get('model')} (widths {saved_widths}) on "
+        f"{saved.get('dataset')} ({saved.get('num_classes')} classes), but this config "
+        f"trains {meta['model']} (widths {meta['widths']}) on {meta['dataset']} "
+        f"({meta['num_classes']} classes); use another --workdir")
+
+
+def checkpoint_layout(model) -> tuple[Callable, Callable]:
+  """(to_checkpoint, from_checkpoint): checkpoints hold the unrolled variable layout whatever
+  `scan_blocks` is, so a model with scanned blocks converts on the way out and in."""
+  if model.scan_blocks:
+    return scan_layout.to_unrolled_layout, scan_layout.to_scanned_layout
+  identity = lambda tree: tree
+  return identity, identity
+
+
+def restore_or_initialize(checkpointer: Checkpointer, make_state: Callable, seed: int,
+                          to_checkpoint: Callable, from_checkpoint: Callable,
+                          parallel: DataParallel, check_meta: Callable):
+  """The state of the newest readable checkpoint, or a fresh one from `seed`, on the devices.
+
+  Returns (state, start_step)."""
+  replicated = parallel.replicated_sharding()
+  abstract = jax.eval_shape(to_checkpoint, jax.eval_shape(make_state, jax.random.key(seed)))
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                          abstract)
+  restored = checkpointer.restore_latest(abstract, check_meta)
+  if restored is None:
+    state = jax.jit(make_state, out_shardings=replicated)(jax.random.key(seed))
+  else:
+    state = from_checkpoint(restored[0])
+  start_step = int(jax.device_get(state.step))
+  return parallel.put_state(state), start_step
+
+
+# --- Evaluation and training metrics ---------------------------------------------------------
+
+def evaluate(p_eval: Callable, state, batches, parallel: DataParallel) -> dict[str, float]:
+  """Loss, top-1 and top-5 accuracy over every example of `batches` (padding masked out)."""
+  sums = None
+  for batch in batches:
+    out = p_eval(state, parallel.put_batch(batch))
+    sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+  sums = parallel.get_metrics(sums)
+  count = max(float(sums["count"]), 1.0)
+  return {"eval_loss": float(sums["loss"]) / count,
+          "eval_accuracy": float(sums["top1"]) / count,
+          "eval_top5_accuracy": float(sums["top5"]) / count,
+          "eval_examples": int(sums["count"])}
+
+
+class MetricsBuffer:
+  """Training metrics of the steps not yet looked at, kept on the devices so that the host
+  does not wait for each step. `flush` fetches them, raises TrainingDiverged at the first
+  non-finite loss, and returns their mean (the learning rate: the last step's)."""
+
+  def __init__(self, get_metrics: Callable, checkpoint_dir: str):
+    self._get = get_metrics
+    self._checkpoint_dir = checkpoint_dir
+    self._pending: list[tuple[int, Any]] = []
+
+  def add(self, step: int, metrics) -> None:
+    self._pending.append((step, metrics))
+
+  def flush(self) -> dict[str, float] | None:
+    if not self._pending:
+      return None
+    host = [(s, self._get(m)) for s, m in self._pending]
+    self._pending.clear()
+    for s, m in host:
+      if not np.isfinite(m["train_loss"]):
+        raise TrainingDiverged(
+            f"the training loss became {float(m['train_loss'])} at step {s}; stopped. The "
+            f"newest checkpoint in {self._checkpoint_dir} was written before it and is "
+            "intact. Lower config.learning_rate or enable warm-up, then run again.")
+    mean = {k: float(np.mean([m[k] for _, m in host])) for k in host[-1][1]}
+    mean["learning_rate"] = float(host[-1][1]["learning_rate"])
+    return mean
+
+
+# --- The loop -----------------------------------------------------------------------------------
+
 def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming there if it holds checkpoints).
 
-  Returns the final evaluation metrics (eval_accuracy, eval_top5_accuracy, eval_loss) and
-  the number of steps trained.
+  Returns the last evaluation's metrics (eval_accuracy, eval_top5_accuracy, eval_loss,
+  eval_examples) with `eval_step`, the step it was measured at, and `steps`, the step the run
+  ended at; `stopped_by` is 'SIGTERM' when a SIGTERM ended it before `num_train_steps`.
   """
-  from flax_resnet.data import pipeline as input_pipeline  # imports TensorFlow
+  from flax_resnet.data import datasets, pipeline  # import TensorFlow: only when training
 
   check_config(config)
-  workdir = _prepare_workdir(workdir)
-  info = input_pipeline.dataset_info(config)
+  info = datasets.check_data(config)   # raises DataError before anything is written
   parallel = DataParallel(config.parallelism, devices)
-  eval_batch_size = config.eval_batch_size or config.batch_size
   parallel.check_batch_size(config.batch_size, "batch_size")
-  parallel.check_batch_size(eval_batch_size, "eval_batch_size")
+  parallel.check_batch_size(config.eval_batch_size or config.batch_size, "eval_batch_size")
+  workdir = prepare_workdir(workdir)
 
-  steps_per_epoch = max(1, info.num_train_examples // config.batch_size)
+  steps_per_epoch = datasets.steps_per_epoch(config)
   num_train_steps = (config.num_train_steps if config.num_train_steps > 0
                      else int(round(config.num_epochs * steps_per_epoch)))
   eval_every = config.eval_every_steps or steps_per_epoch
@@ -107,39 +212,13 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
   make_state = functools.partial(
       create_train_state, model, tx, info.image_shape,
       use_loss_scaling=config.half_precision and config.half_precision_dtype == "float16")
-  meta = {"model": config.model, "widths": list(model.widths), "dataset": config.dataset,
-          "num_classes": num_classes, "image_shape": list(info.image_shape),
-          "config": config.to_dict()}
-  default_widths = list(MODEL_SPECS[config.model]["widths"])
-
-  def check_meta(saved):
-    saved_widths = saved.get("widths", default_widths)  # checkpoints before config.widths
-    if (saved.get("model"), saved_widths, saved.get("dataset"), saved.get("num_classes")) != (
-        meta["model"], meta["widths"], meta["dataset"], meta["num_classes"]):
-      raise CheckpointError(
-          f"{workdir} holds checkpoints of {saved.get('model')} (widths {saved_widths}) on "
-          f"{saved.get('dataset')} ({saved.get('num_classes')} classes), but this config "
-          f"trains {meta['model']} (widths {meta['widths']}) on {meta['dataset']} "
-          f"({num_classes} classes); use another --workdir")
+  meta = run_identity(config, model, num_classes, info.image_shape)
+  to_checkpoint, from_checkpoint = checkpoint_layout(model)
 
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
-  abstract = jax.eval_shape(make_state, jax.random.key(config.seed))
-  replicated = parallel.replicated_sharding()
-  # Checkpoints hold the unrolled layout whatever config.scan_blocks is (models.py).
-  if model.scan_blocks:
-    saved_layout, model_layout = to_unrolled_layout, to_scanned_layout
-  else:
-    saved_layout = model_layout = lambda tree: tree
-  abstract = jax.eval_shape(saved_layout, abstract)
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                          abstract)
-  restored = checkpointer.restore_latest(abstract, check_meta)
-  if restored is None:
-    state = jax.jit(make_state, out_shardings=replicated)(jax.random.key(config.seed))
-  else:
-    state = model_layout(restored[0])
-  start_step = int(jax.device_get(state.step))
-  state = parallel.put_state(state)
+  state, start_step = restore_or_initialize(
+      checkpointer, make_state, config.seed, to_checkpoint, from_checkpoint, parallel,
+      check_meta=lambda saved: check_same_run(saved, meta, workdir))
 
   reporter = Reporter(workdir, num_train_steps, config.batch_size, start_step)
   reporter.say(f"{config.model} on {config.dataset}: {num_train_steps} steps of "
@@ -151,80 +230,52 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
       train_step, model=model, tx=tx, learning_rate_fn=learning_rate_fn,
       num_classes=num_classes, label_smoothing=config.label_smoothing))
   p_eval = parallel.map_eval(functools.partial(eval_step, model=model, num_classes=num_classes))
+  metrics = MetricsBuffer(parallel.get_metrics, checkpointer.directory)
 
-  def evaluate(state) -> dict[str, float]:
-    sums = None
-    for batch in input_pipeline.create_eval_iterator(config):
-      out = p_eval(state, parallel.put_batch(batch))
-      sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-    sums = parallel.get_metrics(sums)
-    count = max(float(sums["count"]), 1.0)
-    return {"eval_loss": float(sums["loss"]) / count,
-            "eval_accuracy": float(sums["top1"]) / count,
-            "eval_top5_accuracy": float(sums["top5"]) / count,
-            "eval_examples": int(sums["count"])}
+  def run_evaluation(step: int) -> dict[str, Any]:
+    result = evaluate(p_eval, state, pipeline.create_eval_iterator(config), parallel)
+    reporter.say(f"step {step}: eval accuracy {result['eval_accuracy']:.4f}, top-5 "
+                 f"{result['eval_top5_accuracy']:.4f}, loss {result['eval_loss']:.4f}")
+    return {**result, "eval_step": step}
 
-  pending: list[tuple[int, Any]] = []   # device metrics of steps not yet looked at
+  def save(step: int) -> None:
+    metrics.flush()  # never checkpoint a diverged state
+    checkpointer.save(step, to_checkpoint(parallel.get_state(state)), meta)
 
-  def flush() -> dict[str, float] | None:
-    """Fetches pending metrics; raises TrainingDiverged at the first non-finite loss."""
-    if not pending:
-      return None
-    host = [(s, parallel.get_metrics(m)) for s, m in pending]
-    pending.clear()
-    for s, m in host:
-      if not np.isfinite(m["train_loss"]):
-        raise TrainingDiverged(
-            f"the training loss became {float(m['train_loss'])} at step {s}; stopped. The "
-            f"newest checkpoint in {checkpointer.directory} was written before it and is "
-            "intact. Lower config.learning_rate or enable warm-up, then run again.")
-    mean = {k: float(np.mean([m[k] for _, m in host])) for k in host[-1][1]}
-    mean["learning_rate"] = float(host[-1][1]["learning_rate"])
-    return mean
-
-  def save(step: int, state) -> None:
-    flush()  # never checkpoint a diverged state
-    checkpointer.save(step, saved_layout(parallel.get_state(state)), meta)
-
-  def say_eval(step: int, metrics: dict[str, float]) -> None:
-    reporter.say(f"step {step}: eval accuracy {metrics['eval_accuracy']:.4f}, top-5 "
-                 f"{metrics['eval_top5_accuracy']:.4f}, loss {metrics['eval_loss']:.4f}")
-
-  final: dict[str, Any] = {}
+  last_eval: dict[str, Any] = {}
+  stopped_by = None
   step = start_step
   try:
     if start_step >= num_train_steps:
       # A finished run: evaluate its last checkpoint (with this config's eval settings), so a
       # notebook gets the final metrics back; metrics.jsonl already holds the run's own.
       reporter.say(f"already trained to step {start_step} of {num_train_steps}; evaluating it")
-      final = evaluate(state)
-      say_eval(step, final)
+      last_eval = run_evaluation(step)
     else:  # only a run with steps left loads the training split
-      train_iter = input_pipeline.create_train_iterator(config, start_step=start_step)
-    with _Preemption() as preemption:
+      train_iter = pipeline.create_train_iterator(config, start_step=start_step)
+    with Preemption() as preemption:
       while step < num_train_steps:
-        batch = next(train_iter)
-        state, metrics = p_train(state, parallel.put_batch(batch))
+        state, step_metrics = p_train(state, parallel.put_batch(next(train_iter)))
         step += 1
-        pending.append((step, metrics))
+        metrics.add(step, step_metrics)
         if step == start_step + 1:
           reporter.restart_clock(step)  # the first step's time is mostly compilation
         if step % config.log_every_steps == 0 or step == num_train_steps:
-          summary = flush()
+          summary = metrics.flush()
           reporter.progress(step, summary)
           reporter.write(step, summary)
         if step % eval_every == 0 or step == num_train_steps:
-          flush()
-          final = evaluate(state)
-          reporter.write(step, final)
-          say_eval(step, final)
+          metrics.flush()
+          last_eval = run_evaluation(step)
+          reporter.write(step, {k: v for k, v in last_eval.items() if k != "eval_step"})
           reporter.restart_clock(step)
         if step % checkpoint_every == 0 or step == num_train_steps:
-          save(step, state)
-        if preemption.requested:
+          save(step)
+        if preemption.requested and step < num_train_steps:
+          stopped_by = "SIGTERM"
           reporter.say(f"SIGTERM: saving a checkpoint at step {step} and stopping")
           if step not in checkpointer.all_steps():
-            save(step, state)
+            save(step)
           break
   finally:
     checkpointer.wait()
@@ -234,4 +285,5 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
   if step >= num_train_steps and config.plot and jax.process_index() == 0:
     from flax_resnet.plotting import plot_runs
     plot_runs([workdir], os.path.join(workdir, "curves.png"), [config.model])
-  return {**final, "steps": step}
+  return {**last_eval, "steps": step, "num_train_steps": num_train_steps,
+          "stopped_by": stopped_by}

@@ -11,16 +11,13 @@ All modules take NHWC input and are pure Flax Linen: `model.init(rng, x, train=F
 from __future__ import annotations
 
 import functools
-import re
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-from flax_resnet.conv import canonical_conv, materialize
-
 Dtype = Any
+ModuleDef = Callable[..., nn.Module]
 
 # He et al. initialize convolutions with a zero-mean normal of variance 2 / fan_out ("MSRA").
 he_normal = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -28,11 +25,6 @@ he_normal = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 SHORTCUT_OPTIONS = ("A", "B", "C")
 PADDING_MODES = ("symmetric", "same")
 SCANNED_BLOCKS = "blocks"  # name of a stage's scanned blocks 2..N (see `Stage`)
-
-
-def materialized_relu(x):
-  """ReLU whose output XLA:CPU computes once instead of inside each consumer (conv.materialize)."""
-  return materialize(nn.relu(x))
 
 
 def _padding(kernel: int, mode: str):
@@ -92,7 +84,7 @@ class BasicBlock(nn.Module):
   shortcut: str = "B"
   conv: Callable[..., nn.Module] = nn.Conv
   norm: Callable[..., nn.Module] = nn.BatchNorm
-  act: Callable = materialized_relu
+  act: Callable = nn.relu
   padding: str = "symmetric"
   zero_init_last_bn: bool = False
   residual = True
@@ -123,7 +115,7 @@ class BottleneckBlock(nn.Module):
   shortcut: str = "B"
   conv: Callable[..., nn.Module] = nn.Conv
   norm: Callable[..., nn.Module] = nn.BatchNorm
-  act: Callable = materialized_relu
+  act: Callable = nn.relu
   padding: str = "symmetric"
   zero_init_last_bn: bool = False
   stride_in_1x1: bool = False
@@ -166,7 +158,7 @@ class Stem(nn.Module):
   kind: str = "imagenet"
   conv: Callable[..., nn.Module] = nn.Conv
   norm: Callable[..., nn.Module] = nn.BatchNorm
-  act: Callable = materialized_relu
+  act: Callable = nn.relu
   padding: str = "symmetric"
 
   @nn.compact
@@ -199,7 +191,7 @@ class Stage(nn.Module):
   With `scan_blocks`, blocks 2..N, which are identical (same shapes, stride 1), are one
   `nn.scan` named "blocks" whose parameters carry a leading axis of N - 1: XLA compiles the
   block once instead of N - 1 times. `scanned_to_unrolled` / `unrolled_to_scanned` map the
-  variables between the two layouts.
+  variables between the two layouts (flax_resnet/scan_layout.py).
   """
 
   num_blocks: int
@@ -219,9 +211,6 @@ class Stage(nn.Module):
       kwargs = {}
       if isinstance(block, functools.partial):
         block, kwargs = block.func, dict(block.keywords)
-      if "conv" in kwargs and jax.default_backend() == "cpu":
-        # XLA:CPU leaves the gradient convolutions of a loop body in a slow layout (conv.py).
-        kwargs["conv"] = functools.partial(kwargs["conv"], conv_general_dilated=canonical_conv)
       scanned = nn.scan(_scan_step(block), variable_axes={"params": 0, "batch_stats": 0},
                         split_rngs={"params": True}, length=repeated)
       x, _ = scanned(self.features, strides=1, name=SCANNED_BLOCKS, **kwargs)(x, None)
@@ -245,9 +234,13 @@ class ResNet(nn.Module):
     dtype: compute dtype (e.g. jnp.bfloat16); parameters and logits stay float32.
     axis_name: mapped axis over which BatchNorm averages its batch statistics (synchronized BN).
     bn_momentum, bn_epsilon: BatchNorm's running-average decay and epsilon.
-    scan_blocks: compile each stage's blocks 2..N once with nn.scan (ResNet-152's first step
-      compiles about 3x faster, same numbers); its variables have the scanned layout
-      stage{i}/blocks/... (see `unrolled_to_scanned`), the default is stage{i}/block{j}/....
+    scan_blocks: compile each stage's blocks 2..N once with nn.scan (a deep net's first step
+      compiles sooner, same numbers); its variables have the scanned layout
+      stage{i}/blocks/... (see `scan_layout.unrolled_to_scanned`), the default is
+      stage{i}/block{j}/....
+    conv: the convolution module (nn.Conv's signature) of every layer, and act: the
+      activation. They let a backend substitute an equivalent formulation that it runs
+      faster (flax_resnet.cpu.model_overrides) without changing the network.
   """
 
   stage_sizes: Sequence[int]
@@ -264,8 +257,11 @@ class ResNet(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   scan_blocks: bool = False
+  conv: ModuleDef = nn.Conv
+  act: Callable = nn.relu
 
-  def setup_checks(self):
+  def _check_fields(self):
+    """Called at the top of __call__: a field out of range fails with its name."""
     if len(self.stage_sizes) != len(self.widths):
       raise ValueError(f"stage_sizes {tuple(self.stage_sizes)} and widths "
                        f"{tuple(self.widths)} must have the same length")
@@ -279,21 +275,21 @@ class ResNet(nn.Module):
   def __call__(self, x, train: bool = False, return_features: bool = False):
     """Logits of shape (batch, num_classes), or with `return_features` a dict of the stem's
     and each stage's output, the pooled features and the logits (for transfer learning)."""
-    self.setup_checks()
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=he_normal)
+    self._check_fields()
+    conv = functools.partial(self.conv, use_bias=False, dtype=self.dtype, kernel_init=he_normal)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                              momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                              dtype=self.dtype, axis_name=self.axis_name)
-    block_kwargs = dict(shortcut=self.shortcut, conv=conv, norm=norm, padding=self.padding,
-                        zero_init_last_bn=self.zero_init_residual)
+    block_kwargs = dict(shortcut=self.shortcut, conv=conv, norm=norm, act=self.act,
+                        padding=self.padding, zero_init_last_bn=self.zero_init_residual)
     if issubclass(self.block_cls, BottleneckBlock):
       block_kwargs["stride_in_1x1"] = self.stride_in_1x1
     block = functools.partial(self.block_cls, **block_kwargs)
 
     features = {}
     x = jnp.asarray(x, self.dtype)
-    x = Stem(self.widths[0], self.stem, conv=conv, norm=norm, padding=self.padding,
-             name="stem")(x)
+    x = Stem(self.widths[0], self.stem, conv=conv, norm=norm, act=self.act,
+             padding=self.padding, name="stem")(x)
     features["stem"] = x
     for i, (num_blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
       x = Stage(num_blocks, width, strides=1 if i == 0 else 2, block=block,
@@ -307,74 +303,6 @@ class ResNet(nn.Module):
       features["logits"] = logits
       return features
     return logits
-
-
-# --- Scanned <-> unrolled variable layouts ----------------------------------------------------
-
-_STAGE = re.compile(r"stage\d+")
-_BLOCK = re.compile(r"block(\d+)")
-
-
-def unrolled_to_scanned(tree):
-  """Variables (or params, batch_stats, gradients, ...) of the default layout
-  stage{i}/block{j}/... in the layout of `scan_blocks=True`: block1 stays, blocks 2..N are
-  stacked along a new leading axis under stage{i}/blocks/...."""
-  if not isinstance(tree, Mapping):
-    return tree
-  out = {}
-  for key, value in tree.items():
-    if _STAGE.fullmatch(str(key)) and isinstance(value, Mapping):
-      numbers = sorted(int(m.group(1)) for k in value if (m := _BLOCK.fullmatch(str(k))))
-      if numbers != list(range(1, len(numbers) + 1)):
-        raise ValueError(f"{key} has blocks {numbers}; expected block1..blockN")
-      stage = {k: v for k, v in value.items() if not _BLOCK.fullmatch(str(k))
-               or k == "block1"}
-      if len(numbers) > 1:
-        if SCANNED_BLOCKS in stage:
-          raise ValueError(f"{key} has both block2.. and {SCANNED_BLOCKS!r}: mixed layouts")
-        stage[SCANNED_BLOCKS] = jax.tree.map(
-            lambda *xs: jnp.stack(xs), *(value[f"block{n}"] for n in numbers[1:]))
-      out[key] = stage
-    else:
-      out[key] = unrolled_to_scanned(value)
-  return out
-
-
-def scanned_to_unrolled(tree):
-  """The inverse of `unrolled_to_scanned`: stage{i}/blocks/... (leading axis N - 1) back to
-  stage{i}/block2..blockN/..., the layout of checkpoints and converted torchvision weights."""
-  if not isinstance(tree, Mapping):
-    return tree
-  out = {}
-  for key, value in tree.items():
-    if _STAGE.fullmatch(str(key)) and isinstance(value, Mapping) and SCANNED_BLOCKS in value:
-      stage = {k: v for k, v in value.items() if k != SCANNED_BLOCKS}
-      stacked = value[SCANNED_BLOCKS]
-      length = jax.tree.leaves(stacked)[0].shape[0]
-      for n in range(length):
-        stage[f"block{n + 2}"] = jax.tree.map(lambda x, n=n: x[n], stacked)
-      out[key] = stage
-    else:
-      out[key] = scanned_to_unrolled(value)
-  return out
-
-
-def _is_network_tree(tree) -> bool:
-  return isinstance(tree, Mapping) and any(_STAGE.fullmatch(str(k)) for k in tree)
-
-
-def to_unrolled_layout(tree):
-  """`scanned_to_unrolled` applied to every network-shaped part of any pytree: a TrainState's
-  params, batch_stats and the optimizer's momentum alike. Checkpoints hold this layout, so a
-  run may switch `scan_blocks` when it resumes."""
-  return jax.tree.map(lambda x: scanned_to_unrolled(x) if _is_network_tree(x) else x, tree,
-                      is_leaf=_is_network_tree)
-
-
-def to_scanned_layout(tree):
-  """The inverse of `to_unrolled_layout`."""
-  return jax.tree.map(lambda x: unrolled_to_scanned(x) if _is_network_tree(x) else x, tree,
-                      is_leaf=_is_network_tree)
 
 
 # --- Named networks -------------------------------------------------------------------------

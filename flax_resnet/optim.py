@@ -1,4 +1,7 @@
-"""Learning-rate schedules and the optimizer: optax SGD with momentum and L2 weight decay."""
+"""Learning-rate schedules and the optimizer: optax SGD with momentum and L2 weight decay.
+
+The config's values are checked by flax_resnet.config.check_config before they get here.
+"""
 
 from __future__ import annotations
 
@@ -30,19 +33,14 @@ def create_learning_rate_fn(config, steps_per_epoch: int, num_train_steps: int) 
                   if b > warmup_steps})
   elif config.lr_schedule == "cosine":
     main = optax.cosine_decay_schedule(base_lr, max(1, num_train_steps - warmup_steps))
-  elif config.lr_schedule == "constant":
+  else:  # 'constant'
     main = optax.constant_schedule(base_lr)
-  else:
-    raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; use 'step', 'cosine' "
-                     "or 'constant'")
   if not warmup_steps:
     return main
   if config.warmup_mode == "linear":
     warmup = optax.linear_schedule(0.0, base_lr, warmup_steps)
-  elif config.warmup_mode == "constant":
+  else:  # 'constant'
     warmup = optax.constant_schedule(config.warmup_factor * base_lr)
-  else:
-    raise ValueError(f"unknown warmup_mode {config.warmup_mode!r}; use 'linear' or 'constant'")
   return optax.join_schedules([warmup, main], [warmup_steps])
 
 
@@ -51,10 +49,8 @@ def weight_decay_mask(params, on: str):
   bias, as Goyal et al. and Flax's example) or 'all' (the paper's Caffe default)."""
   if on == "all":
     return jax.tree.map(lambda _: True, params)
-  if on == "kernels":
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
-  raise ValueError(f"unknown weight_decay_on {on!r}; use 'kernels' or 'all'")
+  return jax.tree_util.tree_map_with_path(  # 'kernels'
+      lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
 
 
 def create_optimizer(config, learning_rate_fn: optax.Schedule) -> optax.GradientTransformation:

@@ -114,6 +114,13 @@ def test_sigterm_saves_current_step_and_exits_zero(tmp_path, fashion_mnist_data_
   assert "SIGTERM: saving a checkpoint at step" in text
   saved = max(int(e) for e in checkpoint_entries(workdir) if e.isdigit())
   assert 12 <= saved < STEPS
+  # The last line says how the run ended, and which evaluation the accuracy is from.
+  evals = [r for r in records(workdir) if "eval_accuracy" in r]
+  last = (f"last eval accuracy {evals[-1]['eval_accuracy']:.4f} at step {evals[-1]['step']}"
+          if evals else "no evaluation yet")
+  assert text.strip().splitlines()[-1] == (
+      f"stopped: SIGTERM at step {saved} of {STEPS} (checkpoint saved; run the same command "
+      f"to resume); {last}")
   # and the run resumes there, to the same end as the uninterrupted run
   result = run_train(workdir, fashion_mnist_data_dir, *SHORT, devices=2)
   assert result.returncode == 0, result.stderr[-2000:]
@@ -197,6 +204,7 @@ def test_missing_data_dir_is_one_message(tmp_path):
   assert result.returncode == 1
   assert "Traceback" not in result.stderr
   assert "error:" in result.stderr
+  assert not (tmp_path / "run").exists()  # the data is checked before the workdir is made
 
 
 def _free_port():

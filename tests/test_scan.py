@@ -1,7 +1,8 @@
 """`scan_blocks=True` (blocks 2..N of a stage compiled once with nn.scan) computes what the
 default unrolled network computes, the layout mappings between the two are exact inverses,
-and on the CPU the scanned blocks keep the fast convolution kernels (conv.py), and no
-transpose recomputes the residual stream (conv.materialize)."""
+and on the CPU, with `cpu.model_overrides`, the scanned blocks keep the fast convolution
+kernels (cpu_ops.canonical_conv), and no transpose recomputes the residual stream
+(cpu_ops.materialize)."""
 
 import functools
 import re
@@ -12,11 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flax_resnet import optim
-from flax_resnet import models
-from flax_resnet.conv import canonical_conv, materialize
-from flax_resnet.models import (create_model, scanned_to_unrolled, to_scanned_layout,
-                                to_unrolled_layout, unrolled_to_scanned)
+from flax_resnet import cpu, optim
+from flax_resnet.cpu_ops import canonical_conv, materialize
+from flax_resnet.models import create_model
+from flax_resnet.scan_layout import (scanned_to_unrolled, to_scanned_layout, to_unrolled_layout,
+                                     unrolled_to_scanned)
 from flax_resnet.parallel import DataParallel
 from flax_resnet.parallel import AXIS
 from flax_resnet.step import TrainState, create_train_state, train_step
@@ -195,9 +196,15 @@ def test_scanned_blocks_keep_cpu_convolutions_canonical():
   """XLA:CPU canonicalizes convolutions only outside loops; the scanned blocks' backward pass
   must not leave any permuted convolution in the loop body (10-18x slower steps)."""
   name, overrides, size = "cifar_resnet20", dict(widths=(4, 8, 16)), 16
-  unrolled = _non_canonical_convolutions(create_model(name, **overrides), size)
-  scanned = _non_canonical_convolutions(create_model(name, scan_blocks=True, **overrides), size)
+  unrolled = _non_canonical_convolutions(
+      create_model(name, **overrides, **cpu.model_overrides(scan_blocks=False)), size)
+  scanned = _non_canonical_convolutions(
+      create_model(name, scan_blocks=True, **overrides, **cpu.model_overrides(scan_blocks=True)),
+      size)
   assert len(scanned) <= len(unrolled), scanned
+  # Without the override, the loop body keeps permuted convolutions: the check has teeth.
+  plain = _non_canonical_convolutions(create_model(name, scan_blocks=True, **overrides), size)
+  assert len(plain) > len(unrolled), plain
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
@@ -223,14 +230,30 @@ def _wide_transposes(model, size) -> list[int]:
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU fusion question")
-def test_no_transpose_recomputes_the_residual_stream(monkeypatch):
+def test_no_transpose_recomputes_the_residual_stream():
   """XLA:CPU fuses the residual stream's BN + add + ReLU chain into the transposes of the
-  weight gradients; materialized ReLU outputs stop that (unrolled cifar_resnet20: 1.2x).
+  weight gradients; materialized ReLU outputs (cpu.model_overrides) stop that.
   One wide transpose is left: the gradient of a stage-1 output, BN's backward fused in."""
-  model = create_model("cifar_resnet20", widths=(4, 8, 16))
+  model = create_model("cifar_resnet20", widths=(4, 8, 16), **cpu.model_overrides())
   assert len(_wide_transposes(model, 16)) <= 1
-  monkeypatch.setattr(models, "materialize", lambda x: x)  # what the check guards against
-  assert len(_wide_transposes(model, 16)) >= 4
+  plain = create_model("cifar_resnet20", widths=(4, 8, 16))  # what the override guards against
+  assert len(_wide_transposes(plain, 16)) >= 4
+
+
+def test_cpu_overrides_only_on_the_cpu_and_change_no_number():
+  assert cpu.model_overrides(scan_blocks=True, backend="gpu") == {}
+  assert cpu.model_overrides(scan_blocks=True, backend="tpu") == {}
+  name, overrides, size = SMALL[0]
+  x = jax.random.normal(jax.random.key(1), (4, size, size, 3))
+  plain = create_model(name, scan_blocks=True, **overrides)
+  fast = create_model(name, scan_blocks=True, **overrides,
+                      **cpu.model_overrides(scan_blocks=True, backend="cpu"))
+  variables = plain.init(jax.random.key(0), x)
+  assert jax.tree.structure(fast.init(jax.random.key(0), x)) == jax.tree.structure(variables)
+  loss = lambda m: lambda p: m.apply({**variables, "params": p}, x, train=True,
+                                     mutable=["batch_stats"])[0].sum()
+  _assert_trees_close(jax.grad(loss(fast))(variables["params"]),
+                      jax.grad(loss(plain))(variables["params"]), rtol=1e-5, atol=1e-5)
 
 
 def test_layout_of_a_whole_train_state():

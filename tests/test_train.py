@@ -77,6 +77,42 @@ def test_bad_config_is_one_message_without_traceback(tmp_path, fashion_mnist_dat
   assert sorted(os.listdir(workdir)) == ["keep.txt"]
 
 
+@pytest.mark.parametrize("flags,message", [
+    (["--config=configs/nonexistent.py"], "--config=configs/nonexistent.py: no such config file"),
+    (["--config.image_siz=3"], "'image_siz' Did you mean \"image_size\""),
+    (["--config.image_size=abc"], "flag --config.image_size=abc: invalid literal"),
+])
+def test_bad_command_line_is_one_message(tmp_path, flags, message):
+  """Mistakes on train.py's command line: one line, nothing written."""
+  workdir = tmp_path / "run"
+  command = [sys.executable, "train.py", "--config=configs/fashion_mnist.py",
+             f"--workdir={workdir}", *flags]
+  result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1
+  assert result.stderr.startswith("error: ") and message in result.stderr, result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+  assert not workdir.exists()
+
+
+def test_a_bug_keeps_its_traceback(tmp_path):
+  """Only the project's own error types print one line; a ValueError from inside JAX, Flax or
+  orbax is a bug until shown otherwise and shows its traceback."""
+  from flax_resnet.errors import USER_ERRORS, CheckpointError, ConfigError, DataError
+  assert all(isinstance(e("x"), USER_ERRORS) for e in (ConfigError, DataError, CheckpointError))
+  with pytest.raises(ValueError) as raised:
+    jnp.linspace(0.0, 1.0, -1)  # a ValueError from inside JAX
+  assert not isinstance(raised.value, USER_ERRORS)
+  code = ("import runpy, sys; import flax_resnet.loop as loop\n"
+          "def broken(config, workdir): raise ValueError('a bug inside a library')\n"
+          "loop.train_and_evaluate = broken\n"
+          f"sys.argv = ['train.py', '--config=configs/fashion_mnist.py', '--workdir={tmp_path}']\n"
+          "runpy.run_path('train.py', run_name='__main__')")
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode != 0
+  assert "Traceback" in result.stderr and "ValueError: a bug inside a library" in result.stderr
+
+
 @pytest.mark.parametrize("field,value,message", [
     ("batch_size", 100, "does not divide over the 8 devices"),
     ("eval_batch_size", 12, "eval_batch_size=12 does not divide"),
@@ -86,8 +122,11 @@ def test_bad_config_is_one_message_without_traceback(tmp_path, fashion_mnist_dat
     ("num_epochs", 0, "num_epochs or config.num_train_steps"),
     ("crop_padding", -2, "crop_padding must be >= 0"),
     ("widths", (32, 64), "must be 3 positive integers"),
-    ("random_erasing", 1.5, "random_erasing is a probability"),
+    ("random_erasing", 1.5, "random_erasing must be a probability"),
     ("eval_examples", -1, "eval_examples must be >= 0"),
+    ("image_size", 0, "image_size must be a positive number of pixels, not 0"),
+    ("learning_rate", -1.0, "learning_rate must be positive, not -1.0"),
+    ("momentum", 1.5, "momentum must be in \\[0, 1\\)"),
 ])
 def test_bad_config_leaves_workdir_untouched(tmp_path, fashion_mnist_data_dir, field, value,
                                              message):

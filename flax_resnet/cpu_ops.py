@@ -1,4 +1,5 @@
-"""Convolution gradients that XLA:CPU runs fast: `canonical_conv` (in loops) and `materialize`.
+"""Formulations that XLA:CPU runs faster, computing the same numbers: `canonical_conv` and
+`materialize`. `flax_resnet.cpu.model_overrides` applies them to a ResNet from outside.
 
 JAX differentiates a NHWC/HWIO convolution into two convolutions with permuted dimension
 numbers (input gradient: kernel 'HWOI'; weight gradient: 'CHWN' x 'HWNO'). XLA:CPU turns
@@ -9,15 +10,14 @@ ResNet train steps with scanned blocks ran 10-18x slower on the CPU.
 
 `canonical_conv` computes the same forward pass and the same gradients, but writes the two
 backward convolutions in the canonical layout itself, with the transposes as ordinary
-operations, so that they are fast wherever they are. `models.Stage` uses it for scanned
-blocks on the CPU; elsewhere the plain `lax.conv_general_dilated` is used.
+operations, so that they are fast wherever they are. A model with scanned blocks uses it for
+every convolution on the CPU.
 
-`materialize` writes an array to memory once; `models.materialized_relu` applies it to every
-ReLU output, the blocks' outputs among them. Without it XLA:CPU fuses the cheap
-elementwise chain of the residual stream (BatchNorm, addition, ReLU of every earlier block of
-the stage) into each consumer, including the transposes that feed the weight-gradient
-convolutions, and so recomputes the whole chain there with strided reads: on cifar_resnet20
-those transposes took 37% of an unrolled step (benchmarks/README.md).
+`materialize` writes an array to memory once; `materialized_relu` applies it to every ReLU
+output, the blocks' outputs among them. Without it XLA:CPU fuses the cheap elementwise chain
+of the residual stream (BatchNorm, addition, ReLU of every earlier block of the stage) into
+each consumer, including the transposes that feed the weight-gradient convolutions, and so
+recomputes the whole chain there with strided reads (benchmarks/README.md measures it).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 from typing import Sequence
 
+import flax.linen as nn
 import jax
 from jax import lax
 
@@ -95,15 +96,18 @@ def canonical_conv(inputs, kernel, window_strides: Sequence[int], padding, lhs_d
 
 
 def materialize(x):
-  """`x`, computed once into memory before its consumers run (on the CPU backend only).
+  """`x`, computed once into memory before its consumers run.
 
   A conditional is a fusion barrier that XLA keeps (`lax.optimization_barrier` is expanded
   before fusion on the CPU). Both branches return `x` unchanged (`v * 1.0` is exact; two
   identical branches would be merged away), so the values and gradients are those of `x`, and
-  the conditional costs nothing: its result aliases its operand. On GPU and TPU it would only
-  break useful fusions, so there `x` is returned as it is.
+  the conditional costs nothing on the CPU: its result aliases its operand. On GPU and TPU it
+  would only break useful fusions; `cpu.model_overrides` applies it on the CPU alone.
   """
-  if jax.default_backend() != "cpu":
-    return x
   first = x.reshape(-1)[0]
   return lax.cond(first == first, lambda v: v, lambda v: v * 1.0, x)
+
+
+def materialized_relu(x):
+  """ReLU whose output XLA:CPU computes once instead of inside each consumer."""
+  return materialize(nn.relu(x))
