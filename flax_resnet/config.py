@@ -165,7 +165,7 @@ def check_config(config) -> None:
     raise ConfigError(f"config.widths={tuple(config.widths)} must be {stages} positive integers "
                       f"(one per stage of {config.model}), or () for the model's own "
                       f"{models.MODEL_SPECS[config.model]['widths']}")
-  from flax_resnet.data.pipeline import DATASETS  # imports TensorFlow: only when training
+  from flax_resnet.data.datasets import DATASETS  # imports TensorFlow: only when training
   if config.dataset not in DATASETS:
     raise ConfigError(f"unknown dataset {config.dataset!r}; valid datasets: "
                       f"{', '.join(DATASETS)}")
