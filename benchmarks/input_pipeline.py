@@ -25,13 +25,13 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 from tensorflow_datasets.core import splits as splits_lib  # noqa: E402
 
-from flax_resnet.data import pipeline as ip  # noqa: E402
+from flax_resnet.config import CHOICES, default_config  # noqa: E402
+from flax_resnet.data import augment, pipeline  # noqa: E402
 
 
 def make_jpegs(count: int, height: int, width: int, seed: int = 0) -> list[bytes]:
@@ -66,6 +66,13 @@ def serve_as_imagenet(jpegs: list[bytes], data_dir: str):
 
   return tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_FILES, data_dir=data_dir,
                                 as_dataset_fn=as_dataset)
+
+
+def _config(**overrides):
+  """The library's default config with `overrides`."""
+  config = default_config()
+  config.update(overrides)
+  return config
 
 
 def images_per_second(iterator, batch_size: int, batches: int, warmup: int = 2) -> float:
@@ -124,15 +131,15 @@ def main():
       p.error("--num_images must hold at least 3 batches")
     pipelines = {}  # label -> function making a fresh iterator
     for augmentation, antialias in [("paper", False), ("inception", False), ("paper", True)]:
-      config = ml_collections.ConfigDict({**base, "imagenet_train_augmentation": augmentation,
-                                          "image_resize_antialias": antialias})
+      config = _config(**base, imagenet_train_augmentation=augmentation,
+                       image_resize_antialias=antialias)
       label = f"train, {augmentation}" + (", antialiased resize" if antialias else "")
-      pipelines[label] = lambda c=config: ip.create_train_iterator(c, process_index=0,
-                                                                   process_count=1)
-    for crop in ip.IMAGENET_EVAL_CROPS:
-      config = ml_collections.ConfigDict({**base, "imagenet_eval_crop": crop})
-      pipelines[f"eval, {crop}"] = lambda c=config: ip.create_eval_iterator(c, process_index=0,
-                                                                            process_count=1)
+      pipelines[label] = lambda c=config: pipeline.create_train_iterator(c, process_index=0,
+                                                                         process_count=1)
+    for crop in CHOICES["imagenet_eval_crop"]:
+      config = _config(**base, imagenet_eval_crop=crop)
+      pipelines[f"eval, {crop}"] = lambda c=config: pipeline.create_eval_iterator(
+          c, process_index=0, process_count=1)
     # Each round runs every pipeline alone, from a fresh iterator; the best round is kept, so
     # load from other processes on a shared machine hits all pipelines alike.
     best = dict.fromkeys(pipelines, 0.0)
@@ -154,14 +161,17 @@ def main():
     return tf.io.decode_and_crop_jpeg(jpeg, window, channels=3)
 
   windows = {
-      "paper": lambda jpeg, seed: ip.paper_crop_window(tf.io.extract_jpeg_shape(jpeg), seed, size),
-      "inception": lambda jpeg, seed: ip.inception_crop_window(tf.io.extract_jpeg_shape(jpeg),
-                                                               seed, size),
-      "center": lambda jpeg, seed: ip.center_crop_window(tf.io.extract_jpeg_shape(jpeg), size),
+      "paper": lambda jpeg, seed: augment.paper_crop_window(tf.io.extract_jpeg_shape(jpeg), seed,
+                                                            size),
+      "inception": lambda jpeg, seed: augment.inception_crop_window(
+          tf.io.extract_jpeg_shape(jpeg), seed, size),
+      "center": lambda jpeg, seed: augment.center_crop_window(tf.io.extract_jpeg_shape(jpeg),
+                                                              size),
   }
   print("\ndecode + resize to 224, one core  crop window  whole image   speed-up")
   for name, window_fn in windows.items():
-    fns = [lambda jpeg, seed, d=decode, w=window_fn: ip.resize(d(jpeg, w(jpeg, seed)), [size, size])
+    fns = [lambda jpeg, seed, d=decode, w=window_fn: augment.resize(d(jpeg, w(jpeg, seed)),
+                                                                    [size, size])
            for decode in (crop_only, full_decode_then_crop)]
     rates = decode_rates(jpegs[:256], fns, args.rounds + 2)
     results[f"decode, {name}"] = {"crop_window": rates[0], "whole_image": rates[1]}

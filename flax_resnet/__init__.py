@@ -55,8 +55,8 @@ _LAZY = {
     "replace_head": "flax_resnet.inference",
     "top_k": "flax_resnet.inference",
     "Prediction": "flax_resnet.inference",
-    "IMAGENET_MEAN": "flax_resnet.inference",
-    "IMAGENET_STD": "flax_resnet.inference",
+    "IMAGENET_MEAN": "flax_resnet.data.statistics",
+    "IMAGENET_STD": "flax_resnet.data.statistics",
     "IMAGENET_CLASSES": "flax_resnet.imagenet_classes",
     "IMAGENET_SYNSETS": "flax_resnet.imagenet_classes",
 }

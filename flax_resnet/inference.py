@@ -18,11 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from flax_resnet.data.statistics import IMAGENET_MEAN, IMAGENET_STD
 from flax_resnet.imagenet_classes import IMAGENET_CLASSES
 from flax_resnet.models import ResNet
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def load_image(image: str | os.PathLike | Image.Image | np.ndarray) -> Image.Image:

@@ -193,7 +193,8 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
   from flax_resnet.data import datasets, pipeline  # import TensorFlow: only when training
 
   check_config(config)
-  info = datasets.check_data(config)   # raises DataError before anything is written
+  datasets.check_data(config)   # raises DataError before anything is written
+  info = datasets.dataset_info(config)
   parallel = DataParallel(config.parallelism, devices)
   parallel.check_batch_size(config.batch_size, "batch_size")
   parallel.check_batch_size(config.eval_batch_size or config.batch_size, "eval_batch_size")

@@ -45,3 +45,20 @@ def fashion_mnist_data_dir(tmp_path_factory):
   data_dir = tmp_path_factory.mktemp("tfds_data")
   fashion_mnist_local.prepare(data_dir)
   return str(data_dir)
+
+
+@pytest.fixture(scope="session")
+def fake_metadata_dir(tmp_path_factory):
+  """A data_dir with TFDS metadata only for imagenet2012 and cifar10 (tests/data_utils.py)."""
+  from data_utils import write_fake_metadata
+  data_dir = str(tmp_path_factory.mktemp("fake_tfds"))
+  write_fake_metadata(data_dir)
+  return data_dir
+
+
+@pytest.fixture
+def fake_tfds(fake_metadata_dir):
+  """fake_metadata_dir, its splits served with fake examples while the test runs."""
+  from data_utils import serve_fake_data
+  with serve_fake_data(fake_metadata_dir):
+    yield fake_metadata_dir

@@ -7,13 +7,14 @@ import shutil
 import subprocess
 import sys
 
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
-from flax_resnet.data import image_folder
-from flax_resnet.data import pipeline as ip
+from data_utils import assert_same_batches, make_config, take
+from flax_resnet.data import datasets, image_folder, pipeline
+from flax_resnet.data.statistics import IMAGENET_MEAN, IMAGENET_STD
+from flax_resnet.errors import ConfigError, DataError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ("ant", "bee", "cat")
@@ -57,23 +58,12 @@ def fresh_folder(tmp_path):
 def _config(data_dir, **fields):
   defaults = dict(dataset="image_folder", data_dir=data_dir, image_size=32, batch_size=3,
                   eval_batch_size=4, seed=0)
-  return ml_collections.ConfigDict({**defaults, **fields})
-
-
-def _take(iterator, n):
-  return [next(iterator) for _ in range(n)]
-
-
-def _assert_same_batches(a, b):
-  assert len(a) == len(b)
-  for x, y in zip(a, b):
-    for key in x:
-      np.testing.assert_array_equal(x[key], y[key])
+  return make_config(**{**defaults, **fields})
 
 
 def _source_colour(images):
   """Denormalized centre pixels (N, 3) of preprocessed images."""
-  mean, std = np.array(ip.IMAGENET_MEAN), np.array(ip.IMAGENET_STD)
+  mean, std = np.array(IMAGENET_MEAN), np.array(IMAGENET_STD)
   return (images[:, 16, 16] * std + mean) * 255
 
 
@@ -84,11 +74,12 @@ def _labels_and_ids(images):
 
 
 def test_info_comes_from_the_folders(folder):
-  info = ip.dataset_info(_config(folder))
+  info = datasets.dataset_info(_config(folder))
   assert (info.num_classes, info.image_shape) == (3, (32, 32, 3))
   assert (info.num_train_examples, info.num_eval_examples) == (18, 9)
   assert (info.train_split, info.eval_split) == ("train", "val")
-  assert ip.steps_per_epoch(_config(folder, batch_size=4), process_count=2) == 4  # (18 // 2) // 2
+  # (18 // 2) // 2
+  assert datasets.steps_per_epoch(_config(folder, batch_size=4), process_count=2) == 4
   scanned = image_folder.scan(folder)
   assert scanned.classes == CLASSES
   assert list(scanned.train.labels) == [0] * 6 + [1] * 6 + [2] * 6
@@ -96,7 +87,7 @@ def test_info_comes_from_the_folders(folder):
 
 def test_test_folder_is_the_eval_split(tmp_path):
   root = _make_folder(tmp_path, {"train": 2, "test": 1}, classes=("b", "a"))
-  info = ip.dataset_info(_config(root))
+  info = datasets.dataset_info(_config(root))
   assert (info.eval_split, info.num_eval_examples, info.num_classes) == ("test", 2, 2)
   assert image_folder.scan(root).classes == ("a", "b")  # Sorted names, as torchvision's.
 
@@ -105,7 +96,7 @@ def test_test_folder_is_the_eval_split(tmp_path):
 def test_train_stream_is_deterministic_resumable_and_labelled(folder, augmentation):
   config = _config(folder, seed=5, imagenet_train_augmentation=augmentation)
   host = dict(process_index=0, process_count=1)
-  stream = _take(ip.create_train_iterator(config, **host), 8)  # 6 steps per epoch
+  stream = take(pipeline.create_train_iterator(config, **host), 8)  # 6 steps per epoch
   for batch in stream:
     assert batch["image"].shape == (3, 32, 32, 3) and batch["image"].dtype == np.float32
     assert batch["label"].dtype == np.int32
@@ -116,10 +107,10 @@ def test_train_stream_is_deterministic_resumable_and_labelled(folder, augmentati
   assert sorted(first_epoch) == list(range(18))
   assert not np.array_equal(stream[0]["label"], stream[6]["label"]) or not np.array_equal(
       stream[1]["label"], stream[7]["label"])  # The next epoch reshuffles.
-  _assert_same_batches(stream, _take(ip.create_train_iterator(config, **host), 8))
-  resumed = _take(ip.create_train_iterator(config, start_step=5, **host), 3)
-  _assert_same_batches(stream[5:], resumed)
-  other = _take(ip.create_train_iterator(_config(folder, seed=6), **host), 6)
+  assert_same_batches(stream, take(pipeline.create_train_iterator(config, **host), 8))
+  resumed = take(pipeline.create_train_iterator(config, start_step=5, **host), 3)
+  assert_same_batches(stream[5:], resumed)
+  other = take(pipeline.create_train_iterator(_config(folder, seed=6), **host), 6)
   assert [b["label"].tolist() for b in other] != [b["label"].tolist() for b in stream[:6]]
 
 
@@ -127,7 +118,8 @@ def test_train_hosts_read_disjoint_shards(folder):
   config = _config(folder, batch_size=6)
   ids = []
   for process in range(2):
-    batches = _take(ip.create_train_iterator(config, process_index=process, process_count=2), 3)
+    batches = take(pipeline.create_train_iterator(config, process_index=process,
+                                                  process_count=2), 3)
     assert all(b["image"].shape == (3, 32, 32, 3) for b in batches)
     ids.append(set(np.concatenate([_labels_and_ids(b["image"])[1] for b in batches]).tolist()))
   assert len(ids[0]) == len(ids[1]) == 9
@@ -141,12 +133,12 @@ def test_augmentation_crops_and_flips(tmp_path):
     ramp = np.broadcast_to(np.linspace(0, 255, 64).astype(np.uint8)[None, :, None], (48, 64, 3))
     Image.fromarray(np.ascontiguousarray(ramp)).save(tmp_path / split / "ramp" / "0.png")
   config = _config(str(tmp_path), batch_size=1)
-  images = np.concatenate([b["image"] for b in _take(
-      ip.create_train_iterator(config, process_index=0, process_count=1), 8)])
+  images = np.concatenate([b["image"] for b in take(
+      pipeline.create_train_iterator(config, process_index=0, process_count=1), 8)])
   assert len({image.tobytes() for image in images}) == 8
   slopes = np.sign(images[:, 16, -1, 0] - images[:, 16, 0, 0])
   assert set(slopes.tolist()) == {-1.0, 1.0}  # Some are mirrored.
-  mean, std = np.array(ip.IMAGENET_MEAN), np.array(ip.IMAGENET_STD)
+  mean, std = np.array(IMAGENET_MEAN), np.array(IMAGENET_STD)
   assert (images >= -mean / std - 1e-4).all() and (images <= (1 - mean) / std + 1e-4).all()
 
 
@@ -156,7 +148,7 @@ def test_eval_covers_the_split_once_across_two_hosts(folder, crop, shape):
   config = _config(folder, imagenet_eval_crop=crop)
   seen, counts = [], []
   for process in range(2):
-    batches = list(ip.create_eval_iterator(config, process_index=process, process_count=2))
+    batches = list(pipeline.create_eval_iterator(config, process_index=process, process_count=2))
     counts.append(len(batches))
     for batch in batches:
       assert batch["image"].shape == (2, *shape) and batch["mask"].dtype == np.float32
@@ -173,16 +165,16 @@ def test_eval_covers_the_split_once_across_two_hosts(folder, crop, shape):
 
 def test_eval_examples_spreads_over_the_classes(folder):
   config = _config(folder, eval_examples=5)
-  assert ip.dataset_info(config).num_eval_examples == 5
+  assert datasets.dataset_info(config).num_eval_examples == 5
   labels = []
   for process in range(2):
-    for batch in ip.create_eval_iterator(config, process_index=process, process_count=2):
+    for batch in pipeline.create_eval_iterator(config, process_index=process, process_count=2):
       labels.extend(batch["label"][batch["mask"] == 1].tolist())
   assert sorted(labels) == [0, 0, 1, 2, 2]  # val ids 18, 20 | 22 | 24, 26: every class
 
 
 def test_eval_pixels_are_the_source_colour_imagenet_normalized(folder):
-  batch = next(ip.create_eval_iterator(_config(folder), process_index=0, process_count=1))
+  batch = next(pipeline.create_eval_iterator(_config(folder), process_index=0, process_count=1))
   colour = _source_colour(batch["image"])
   np.testing.assert_allclose(colour[0], _colour(0, 18), atol=3)  # JPEG: a little off
   np.testing.assert_allclose(colour[1], _colour(0, 19), atol=1e-3)  # PNG: exact
@@ -193,22 +185,22 @@ def test_eval_pixels_are_the_source_colour_imagenet_normalized(folder):
 
 
 def test_missing_data_dir(tmp_path):
-  with pytest.raises(FileNotFoundError, match="nowhere.* does not exist"):
-    ip.dataset_info(_config(str(tmp_path / "nowhere")))
-  with pytest.raises(ValueError, match="needs config.data_dir"):
-    ip.dataset_info(_config(None))
+  with pytest.raises(DataError, match="nowhere.* does not exist"):
+    datasets.dataset_info(_config(str(tmp_path / "nowhere")))
+  with pytest.raises(ConfigError, match="needs config.data_dir"):
+    datasets.dataset_info(_config(None))
 
 
 def test_no_train_folder(tmp_path):
   os.makedirs(tmp_path / "val" / "a")
-  with pytest.raises(FileNotFoundError, match="has no 'train' folder.*<class name>"):
-    ip.create_train_iterator(_config(str(tmp_path)), process_index=0, process_count=1)
+  with pytest.raises(DataError, match="has no 'train' folder.*<class name>"):
+    pipeline.create_train_iterator(_config(str(tmp_path)), process_index=0, process_count=1)
 
 
 def test_no_eval_folder(fresh_folder):
   shutil.rmtree(os.path.join(fresh_folder, "val"))
-  with pytest.raises(FileNotFoundError, match="no 'val' \\(or 'test'\\) folder"):
-    ip.dataset_info(_config(fresh_folder))
+  with pytest.raises(DataError, match="no 'val' \\(or 'test'\\) folder"):
+    datasets.dataset_info(_config(fresh_folder))
 
 
 def test_empty_class_folder(fresh_folder):
@@ -216,14 +208,14 @@ def test_empty_class_folder(fresh_folder):
   os.makedirs(empty)
   with open(os.path.join(empty, "notes.txt"), "w") as f:
     f.write("not an image extension: ignored")
-  with pytest.raises(ValueError, match=f"class folder {empty} holds no images"):
-    ip.dataset_info(_config(fresh_folder))
+  with pytest.raises(DataError, match=f"class folder {empty} holds no images"):
+    datasets.dataset_info(_config(fresh_folder))
 
 
 def test_eval_class_missing_from_train(fresh_folder):
   os.rename(os.path.join(fresh_folder, "val", "cat"), os.path.join(fresh_folder, "val", "cow"))
-  with pytest.raises(ValueError, match=r"class folder\(s\) \['cow'\] that .*train lacks"):
-    ip.dataset_info(_config(fresh_folder))
+  with pytest.raises(DataError, match=r"class folder\(s\) \['cow'\] that .*train lacks"):
+    datasets.dataset_info(_config(fresh_folder))
 
 
 def _truncated_jpeg():
@@ -246,9 +238,9 @@ def test_bad_image_is_named(fresh_folder, kind, check):
   message = f"^{bad} is not a readable image .*; remove or replace it.$"
   if check == "header" and kind == "truncated":  # Its header is fine: found while decoding.
     check = "lazy"
-  with pytest.raises(ValueError, match=message) as error:
+  with pytest.raises(DataError, match=message) as error:
     # 19 files, one batch per epoch: the bad file is in the first batch.
-    next(ip.create_train_iterator(config, process_index=0, process_count=1))
+    next(pipeline.create_train_iterator(config, process_index=0, process_count=1))
   assert error.value.__cause__ is None and error.value.__suppress_context__ == (check == "lazy")
 
 
@@ -257,22 +249,22 @@ def test_bad_eval_image_found_while_evaluating(fresh_folder):
   with open(bad, "wb") as f:
     f.write(BAD_FILES["truncated"])
   config = _config(fresh_folder, image_folder_check="lazy")
-  with pytest.raises(ValueError, match=f"^{bad} is not a readable image"):
-    list(ip.create_eval_iterator(config, process_index=0, process_count=1))
+  with pytest.raises(DataError, match=f"^{bad} is not a readable image"):
+    list(pipeline.create_eval_iterator(config, process_index=0, process_count=1))
 
 
 def test_several_bad_images_in_one_message(fresh_folder):
   bad = [os.path.join(fresh_folder, "val", "cat", f"bad{i}.png") for i in range(7)]
   for path in bad:
     open(path, "wb").close()
-  with pytest.raises(ValueError, match=f"7 files are not readable images: {bad[0]} \\(the file is "
+  with pytest.raises(DataError, match=f"7 files are not readable images: {bad[0]} \\(the file is "
                                        "empty\\);.* and 2 more; remove or replace them"):
-    ip.create_eval_iterator(_config(fresh_folder), process_index=0, process_count=1)
+    pipeline.create_eval_iterator(_config(fresh_folder), process_index=0, process_count=1)
 
 
 def test_cache_is_refused(folder):
-  with pytest.raises(ValueError, match="set config.cache=False"):
-    ip.create_train_iterator(_config(folder, cache=True), process_index=0, process_count=1)
+  with pytest.raises(ConfigError, match="set config.cache=False"):
+    pipeline.create_train_iterator(_config(folder, cache=True), process_index=0, process_count=1)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,11 +1,202 @@
-"""Temporary: replaced by the split of pipeline.py."""
-from flax_resnet.data.pipeline import DATASETS, dataset_info, steps_per_epoch, _prepared_builder, _checked_folder
+"""What each dataset is and how it is prepared: the static facts of the supported datasets
+(`DATASETS`), the configured dataset's description (`dataset_info`), steps per epoch, and the
+prepared TFDS builder, with one clear `DataError` for data that is missing or unusable.
+
+`check_data(config)` looks at everything the run will read before anything is written, for the
+training loop to call right after `check_config` and before it creates the work directory.
+
+Datasets come from TFDS in `config.data_dir` (None: TFDS's default): ImageNet must be prepared
+by the user (its images need a manual download), Fashion-MNIST is prepared offline from the IDX
+files in config.fashion_mnist_source_dir (data/fashion_mnist.py), CIFAR-10 is downloaded by TFDS.
+An image folder (data/image_folder.py) takes its classes and sizes from its folders.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import sys
+
+import jax
+import tensorflow_datasets as tfds
+from tensorflow_datasets.core.download import download_manager
+
+from flax_resnet.data import fashion_mnist, image_folder, order
+from flax_resnet.data.statistics import (CIFAR10_MEAN, CIFAR10_STD, FASHION_MNIST_MEAN,
+                                         FASHION_MNIST_STD, IMAGENET_MEAN, IMAGENET_STD)
+from flax_resnet.errors import ConfigError, DataError
+
+CIFAR_VALIDATION_SIZE = 5000  # The paper's 45k/5k train/validation split.
 
 
-def check_data(config):
-  info = dataset_info(config)
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """Static facts about a supported dataset; None: read from the dataset's folder."""
+  num_classes: int | None
+  image_shape: tuple[int, int, int] | None  # After preprocessing (ImageNet: at image_size 224).
+  train_split: str | None
+  eval_split: str | None
+  num_train_examples: int | None
+  num_eval_examples: int | None
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  pad: int = 0  # Zero padding before the random crop of the small-image augmentation.
+  cacheable: bool = False  # The decoded training split fits in host memory (config.cache).
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "imagenet2012": DatasetSpec(1000, (224, 224, 3), "train", "validation", 1_281_167, 50_000,
+                                IMAGENET_MEAN, IMAGENET_STD),
+    "cifar10": DatasetSpec(10, (32, 32, 3), "train", "test", 50_000, 10_000,
+                           CIFAR10_MEAN, CIFAR10_STD, pad=4, cacheable=True),
+    "fashion_mnist": DatasetSpec(10, (28, 28, 1), "train", "test", 60_000, 10_000,
+                                 FASHION_MNIST_MEAN, FASHION_MNIST_STD, pad=4, cacheable=True),
+    # The user's images in config.data_dir (image_folder.py), at config.image_size.
+    "image_folder": DatasetSpec(None, None, None, None, None, None, IMAGENET_MEAN, IMAGENET_STD),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What the training loop needs to know about the configured dataset."""
+  name: str
+  num_classes: int
+  image_shape: tuple[int, int, int]
+  num_train_examples: int
+  num_eval_examples: int
+  train_split: str
+  eval_split: str
+
+
+def dataset_info(config) -> DatasetInfo:
+  """Static description of `config.dataset`, with the 45k/5k CIFAR split, ImageNet image_size,
+  config.eval_examples, and an image folder's classes and sizes."""
+  name = config.dataset
+  spec = DATASETS[name]
+  limit = config.eval_examples
+  if name == "image_folder":
+    folder = image_folder.scan(config.data_dir)
+    size = config.image_size
+    num_eval = len(image_folder.eval_subset(len(folder.eval.paths), limit))
+    return DatasetInfo(name, len(folder.classes), (size, size, 3), len(folder.train.paths),
+                       num_eval, folder.train.name, folder.eval.name)
+  image_shape = spec.image_shape
+  train_split = spec.train_split
+  num_train, num_eval = spec.num_train_examples, spec.num_eval_examples
+  eval_base, eval_start = spec.eval_split, 0
+  if name == "imagenet2012":
+    image_shape = (config.image_size, config.image_size, 3)
+  if name == "cifar10" and config.cifar_validation_split:
+    num_train = spec.num_train_examples - CIFAR_VALIDATION_SIZE
+    train_split, eval_base, eval_start = f"train[:{num_train}]", "train", num_train
+    num_eval = CIFAR_VALIDATION_SIZE
+  if 0 < limit < num_eval:  # config.eval_examples: the split's first `limit` examples
+    num_eval = limit
+  eval_split = (f"{eval_base}[{eval_start}:{eval_start + num_eval}]"
+                if (eval_start or num_eval < spec.num_eval_examples) else eval_base)
+  return DatasetInfo(name, spec.num_classes, image_shape, num_train, num_eval, train_split,
+                     eval_split)
+
+
+def steps_per_epoch(config, process_count: int | None = None) -> int:
+  """Training steps in one epoch, at least 1: each host yields (its equal slice of the training
+  examples) // (per-host batch) batches. process_count: JAX's if None."""
+  process_count = jax.process_count() if process_count is None else process_count
+  batch = order.train_batch(config, process_count)
+  return max(1, (dataset_info(config).num_train_examples // process_count) // batch)
+
+
+def check_cache(config) -> None:
+  """ConfigError for config.cache=True where the decoded training split cannot be held."""
+  if config.cache and not DATASETS[config.dataset].cacheable:
+    why = ("images are read from their files every epoch" if config.dataset == "image_folder"
+           else "the decoded training split does not fit in host memory")
+    raise ConfigError(f"config.cache=True is not supported for {config.dataset} ({why}); set "
+                      "config.cache=False")
+
+
+def check_data(config, process_count: int | None = None) -> None:
+  """Raises DataError (or ConfigError) unless the configured data is there and usable.
+
+  Checks config.data_dir, that the TFDS dataset is prepared (preparing Fashion-MNIST from its
+  IDX files and downloading CIFAR-10 into data_dir if needed), or scans and checks an image
+  folder as config.image_folder_check says, and that a host's share of the training split holds
+  one per-host batch (process_count: JAX's if None). Writes nothing but a dataset prepared into
+  data_dir, and logs no TFDS warning about a missing dataset.
+  """
+  process_count = jax.process_count() if process_count is None else process_count
+  check_cache(config)
+  batch = order.train_batch(config, process_count)
+  order.eval_batch(config, process_count)
   if config.dataset == "image_folder":
-    _checked_folder(config)
-  else:
-    _prepared_builder(config)
-  return info
+    folder = image_folder.checked(config)
+    order.check_batch_fits(batch, len(folder.train.paths) // process_count, folder.root)
+    return
+  prepared_builder(config)
+  order.check_batch_fits(batch, dataset_info(config).num_train_examples // process_count,
+                   config.dataset)
+
+
+# ----------------------------------------------------------------------------------------------
+# Preparation.
+
+
+def checked_data_dir(config) -> str | None:
+  """config.data_dir with ~ expanded (None: TFDS's default), or a DataError if it is not a
+  folder."""
+  if config.data_dir is None:
+    return None
+  data_dir = os.path.expanduser(str(config.data_dir))
+  advice = ("point it at the folder that holds your TFDS datasets, or set it to None to use "
+            "TFDS's default (~/tensorflow_datasets)")
+  if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+    raise DataError(f"config.data_dir={data_dir!r} is a file, not a folder; {advice}")
+  if not os.path.isdir(data_dir):
+    raise DataError(f"config.data_dir={data_dir!r} does not exist; create it (datasets are "
+                    f"prepared there on first use) or {advice}")
+  return data_dir
+
+
+@contextlib.contextmanager
+def _quiet_tfds():
+  """Hides TFDS's warnings while it looks for a dataset that may not be prepared ("Variant folder
+  ... has no dataset_info.json"): an unprepared dataset is reported by our own message."""
+  logger = logging.getLogger("absl")
+  level = logger.level
+  logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+
+
+def prepared_builder(config) -> tfds.core.DatasetBuilder:
+  """The TFDS builder of config.dataset, prepared (offline where possible), or a DataError."""
+  name = config.dataset
+  data_dir = checked_data_dir(config)
+  with _quiet_tfds():
+    builder = tfds.builder(name, data_dir=data_dir)
+    if builder.is_prepared():
+      return builder
+    if name == "fashion_mnist":
+      return fashion_mnist.prepare(data_dir, config.fashion_mnist_source_dir)
+  where = builder.data_dir_root
+  if name == "imagenet2012":
+    raise DataError(
+        f"ImageNet (imagenet2012) is not prepared in {where}, and TFDS cannot download it. Get "
+        "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from https://image-net.org, put them "
+        f"in {os.path.join(where, 'downloads', 'manual')}, then run once (hours): "
+        f"`tfds build imagenet2012 --data_dir={where}`. Or set config.data_dir to a folder that "
+        "already holds a prepared imagenet2012")
+  print(f"Downloading and preparing TFDS {name} in {where} (once)...", file=sys.stderr, flush=True)
+  try:
+    builder.download_and_prepare()
+  except (OSError, tfds.download.DownloadError,
+          download_manager.NonMatchingChecksumError) as error:  # No network, a bad download.
+    raise DataError(
+        f"TFDS could not download and prepare {name} into {where} ({type(error).__name__}: "
+        f"{error}). Without internet, run `tfds build {name} --data_dir=DIR` on a machine with "
+        f"internet and copy DIR/{name} into {where}") from error
+  return builder

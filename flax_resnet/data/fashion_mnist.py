@@ -22,6 +22,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.image_classification import mnist as tfds_mnist
 
+from flax_resnet.errors import DataError
+
 DEFAULT_SOURCE_DIR = "/usr/share/datasets/fashion-mnist"
 
 # File stem -> (IDX magic number, shape, SHA-256 of the decompressed file). The digests are those
@@ -55,12 +57,13 @@ def find_idx_files(source_dir: str | os.PathLike) -> dict[str, Path]:
     else:
       missing.append(stem)
   if missing:
-    raise FileNotFoundError(
+    raise DataError(
         f"Fashion-MNIST IDX files not found in {source}: missing {', '.join(missing)} (.gz or raw). "
         "Install Debian's package (`apt-get install dataset-fashion-mnist`, files in "
         f"{DEFAULT_SOURCE_DIR}), or download the four files from "
         "https://github.com/zalandoresearch/fashion-mnist into a folder and set "
-        "config.fashion_mnist_source_dir to it.")
+        "config.fashion_mnist_source_dir to it (or copy a TFDS fashion_mnist prepared elsewhere "
+        "into config.data_dir).")
   return found
 
 
@@ -72,17 +75,21 @@ def read_idx(path: str | os.PathLike, *, verify: bool = True) -> np.ndarray:
     raise ValueError(f"{path} is not one of the Fashion-MNIST files {sorted(IDX_FILES)}.")
   magic, shape, sha256 = IDX_FILES[stem]
   opener = gzip.open if path.name.endswith(".gz") else open
-  with opener(path, "rb") as f:
-    content = f.read()
+  try:
+    with opener(path, "rb") as f:
+      content = f.read()
+  except (OSError, EOFError) as error:  # Unreadable, or a damaged or truncated .gz.
+    raise DataError(f"{path} cannot be read ({error}); reinstall dataset-fashion-mnist or "
+                    "download the file again.") from error
   if verify and hashlib.sha256(content).hexdigest() != sha256:
-    raise ValueError(
+    raise DataError(
         f"{path} does not hold the official Fashion-MNIST {stem} content (SHA-256 mismatch): the "
         "file is truncated or is another dataset. Reinstall dataset-fashion-mnist or download "
         "the file again.")
   header_size = 4 * (1 + len(shape))
   header = np.frombuffer(content[:header_size], dtype=">u4")
   if header[0] != magic or tuple(int(d) for d in header[1:]) != shape:
-    raise ValueError(f"{path}: IDX header {header.tolist()} does not describe {shape} uint8 data.")
+    raise DataError(f"{path}: IDX header {header.tolist()} does not describe {shape} uint8 data.")
   return np.frombuffer(content, dtype=np.uint8, offset=header_size).reshape(shape)
 
 
