@@ -2,28 +2,25 @@
 
 Batch 128, lr 0.1 divided by 10 at 32k and 48k iterations, stop at 64k, weight decay 1e-4,
 momentum 0.9, option A shortcuts; 4-pixel pad + random 32 crop + flip. Used directly it
-trains ResNet-20: `--config=configs/cifar10.py`.
+trains ResNet-20: `--config=configs/cifar10.py`. TFDS downloads CIFAR-10 on first use.
 """
 
-from configs import default
+from flax_resnet.config import default_config
 
 
 def get_config(model: str = "cifar_resnet20"):
-  config = default.get_config()
+  config = default_config()
   config.model = model
+  config.shortcut = "A"
   config.dataset = "cifar10"
-  config.image_size = 32
+  config.cache = True                   # 150 MB of pixels: decode once, shuffle exactly
   config.batch_size = 128
   config.learning_rate = 0.1
   config.lr_reference_batch_size = 128
-  config.lr_schedule = "step"
   config.lr_decay_steps = (32_000, 48_000)
   config.num_train_steps = 64_000
-  config.shortcut = "A"
   config.eval_every_steps = 2_000
   config.checkpoint_every_steps = 2_000
-  config.cache = True                   # 150 MB of pixels: decode once, shuffle fully
-  config.shuffle_buffer_size = 50_000
   return config
 
 

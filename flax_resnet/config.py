@@ -21,6 +21,9 @@ import ml_collections
 from flax_resnet import models, parallel
 from flax_resnet.errors import ConfigError
 
+# Where Debian's dataset-fashion-mnist package puts the four IDX files.
+DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
 # Allowed values of the fields that take a name. Model and dataset names are the keys of
 # models.MODEL_SPECS and data.datasets.DATASETS; the options a module owns are its own.
 CHOICES = {
@@ -69,7 +72,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.eval_flip = False
   config.cifar_validation_split = False  # True: train on 45k, evaluate on the held-out 5k
   config.eval_examples = 0              # > 0: evaluate on this many eval examples only
-  config.fashion_mnist_source_dir = "/usr/share/datasets/fashion-mnist"  # Debian's IDX files
+  config.fashion_mnist_source_dir = DEBIAN_FASHION_MNIST_DIR  # IDX files to prepare from
   config.shuffle_buffer_size = 16_384   # streamed (not cached) datasets
   config.prefetch = 2                   # batches prepared ahead
   config.cache = False                  # hold the decoded training split in host memory

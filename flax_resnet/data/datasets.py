@@ -121,7 +121,7 @@ def check_data(config, process_count: int | None = None) -> None:
   """Raises DataError (or ConfigError) unless the configured data is there and usable.
 
   Checks config.data_dir, that the TFDS dataset is prepared (preparing Fashion-MNIST from its
-  IDX files and downloading CIFAR-10 into data_dir if needed), or scans and checks an image
+  local IDX files, or else downloading it or CIFAR-10 into data_dir, if needed), or scans and checks an image
   folder as config.image_folder_check says, and that a host's share of the training split holds
   one per-host batch (process_count: JAX's if None). Writes nothing but a dataset prepared into
   data_dir, and logs no TFDS warning about a missing dataset.
@@ -180,8 +180,12 @@ def prepared_builder(config) -> tfds.core.DatasetBuilder:
     builder = tfds.builder(name, data_dir=data_dir)
     if builder.is_prepared():
       return builder
-    if name == "fashion_mnist":
-      return fashion_mnist.prepare(data_dir, config.fashion_mnist_source_dir)
+    # From local IDX files: Debian's where installed, or the folder the user names. Without
+    # either, TFDS downloads it (where there is a network).
+    source = config.fashion_mnist_source_dir
+    if name == "fashion_mnist" and (os.path.isdir(source)
+                                    or source != fashion_mnist.DEFAULT_SOURCE_DIR):
+      return fashion_mnist.prepare(data_dir, source)
   where = builder.data_dir_root
   if name == "imagenet2012":
     raise DataError(
@@ -198,5 +202,8 @@ def prepared_builder(config) -> tfds.core.DatasetBuilder:
     raise DataError(
         f"TFDS could not download and prepare {name} into {where} ({type(error).__name__}: "
         f"{error}). Without internet, run `tfds build {name} --data_dir=DIR` on a machine with "
-        f"internet and copy DIR/{name} into {where}") from error
+        f"internet and copy DIR/{name} into {where}"
+        + (" (or install Debian's dataset-fashion-mnist, or set config.fashion_mnist_source_dir "
+           "to a folder that holds the four IDX files)" if name == "fashion_mnist" else "")
+    ) from error
   return builder

@@ -22,9 +22,10 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.image_classification import mnist as tfds_mnist
 
+from flax_resnet.config import DEBIAN_FASHION_MNIST_DIR
 from flax_resnet.errors import DataError
 
-DEFAULT_SOURCE_DIR = "/usr/share/datasets/fashion-mnist"
+DEFAULT_SOURCE_DIR = DEBIAN_FASHION_MNIST_DIR
 
 # File stem -> (IDX magic number, shape, SHA-256 of the decompressed file). The digests are those
 # of the official Fashion-MNIST release (identical in Zalando's and Debian's archives); they catch
