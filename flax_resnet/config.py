@@ -58,7 +58,7 @@ def default_config() -> ml_collections.ConfigDict:
   # Data (flax_resnet.data).
   config.dataset = "imagenet2012"       # imagenet2012 | cifar10 | fashion_mnist | image_folder
   config.data_dir = ml_collections.FieldReference(None, field_type=str)  # None: TFDS's default
-  config.image_size = 224               # imagenet2012 and image_folder
+  config.image_size = 0                 # 0: the dataset's own (ImageNet, image folders: 224)
   config.imagenet_train_augmentation = "paper"   # scale augmentation [256, 480] | 'inception'
   config.imagenet_eval_crop = "center"           # 'center' (256 -> 224) | 'ten_crop'
   config.image_resize_antialias = False          # PIL/torchvision-like resizing, slower
@@ -119,7 +119,7 @@ FIELDS = frozenset(default_config().keys())
 _RANGES = {
     "batch_size": (lambda v: v > 0, "positive"),
     "eval_batch_size": (lambda v: v >= 0, ">= 0 (0: batch_size)"),
-    "image_size": (lambda v: v > 0, "a positive number of pixels"),
+    "image_size": (lambda v: v >= 0, "a number of pixels, >= 0 (0: the dataset's own)"),
     "num_classes": (lambda v: v >= 0, ">= 0 (0: the dataset's)"),
     "num_epochs": (lambda v: v >= 0, ">= 0"),
     "num_train_steps": (lambda v: v >= 0, ">= 0 (0: num_epochs decides)"),

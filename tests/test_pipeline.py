@@ -221,6 +221,27 @@ def test_cifar_eval_is_the_original_image(fake_tfds):
   assert (images[30:] == _denormalize_cifar(np.zeros(3))).all()  # Padding: zeros after scaling.
 
 
+@pytest.mark.parametrize("cache", [True, False])
+def test_small_images_resized_to_image_size(fake_tfds, cache):
+  """image_size other than the dataset's own: the crops and flips of the native image, then
+  a bilinear resize (for ImageNet-style nets on CIFAR-sized images)."""
+  config = make_config(dataset="cifar10", data_dir=fake_tfds, batch_size=8, crop_padding=0,
+                       cache=cache, shuffle_buffer_size=64)
+  assert datasets.dataset_info(config).image_shape == (32, 32, 3)
+  native = next(pipeline.create_train_iterator(config, process_index=0, process_count=1))
+  config.image_size = 64
+  assert datasets.dataset_info(config).image_shape == (64, 64, 3)
+  resized = next(pipeline.create_train_iterator(config, process_index=0, process_count=1))
+  assert resized["image"].shape == (8, 64, 64, 3)
+  np.testing.assert_array_equal(resized["label"], native["label"])
+  mean, std = np.array(statistics.CIFAR10_MEAN), np.array(statistics.CIFAR10_STD)
+  pixels = lambda images: (images * std + mean) * 255
+  expected = tf.image.resize(_denormalize_cifar(native["image"]).astype(np.float32), [64, 64])
+  np.testing.assert_allclose(pixels(resized["image"]), expected, atol=1e-2)
+  batch = next(pipeline.create_eval_iterator(config, process_index=0, process_count=1))
+  assert batch["image"].shape == (8, 64, 64, 3)
+
+
 def test_eval_flip_adds_the_mirror_as_a_second_view(fake_tfds):
   config = make_config(dataset="cifar10", data_dir=fake_tfds, batch_size=16, eval_flip=True)
   batches = list(pipeline.create_eval_iterator(config, process_index=0, process_count=1))

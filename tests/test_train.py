@@ -124,7 +124,7 @@ def test_a_bug_keeps_its_traceback(tmp_path):
     ("widths", (32, 64), "must be 3 positive integers"),
     ("random_erasing", 1.5, "random_erasing must be a probability"),
     ("eval_examples", -1, "eval_examples must be >= 0"),
-    ("image_size", 0, "image_size must be a positive number of pixels, not 0"),
+    ("image_size", -1, "image_size must be a number of pixels, >= 0"),
     ("learning_rate", -1.0, "learning_rate must be positive, not -1.0"),
     ("momentum", 1.5, "momentum must be in \\[0, 1\\)"),
 ])

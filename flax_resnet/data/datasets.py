@@ -56,6 +56,18 @@ DATASETS: dict[str, DatasetSpec] = {
     # The user's images in config.data_dir (image_folder.py), at config.image_size.
     "image_folder": DatasetSpec(None, None, None, None, None, None, IMAGENET_MEAN, IMAGENET_STD),
 }
+DEFAULT_CROP_SIZE = 224  # ImageNet's and an image folder's crops where config.image_size is 0
+
+
+def image_size(config) -> int:
+  """The side of the images the model sees: config.image_size, or where it is 0 the
+  dataset's own (ImageNet's and image folders' crops: 224). CIFAR-10 and Fashion-MNIST images
+  are resized to a size other than their own after augmentation (bilinear), for example to
+  give ImageNet-style networks, whose stem downsamples by 4, larger feature maps."""
+  if config.image_size:
+    return config.image_size
+  shape = DATASETS[config.dataset].image_shape
+  return DEFAULT_CROP_SIZE if shape is None else shape[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +90,7 @@ def dataset_info(config) -> DatasetInfo:
   limit = config.eval_examples
   if name == "image_folder":
     folder = image_folder.scan(config.data_dir)
-    size = config.image_size
+    size = image_size(config)
     num_eval = len(image_folder.eval_subset(len(folder.eval.paths), limit))
     return DatasetInfo(name, len(folder.classes), (size, size, 3), len(folder.train.paths),
                        num_eval, folder.train.name, folder.eval.name)
@@ -86,8 +98,8 @@ def dataset_info(config) -> DatasetInfo:
   train_split = spec.train_split
   num_train, num_eval = spec.num_train_examples, spec.num_eval_examples
   eval_base, eval_start = spec.eval_split, 0
-  if name == "imagenet2012":
-    image_shape = (config.image_size, config.image_size, 3)
+  size = image_size(config)
+  image_shape = (size, size, image_shape[2])
   if name == "cifar10" and config.cifar_validation_split:
     num_train = spec.num_train_examples - CIFAR_VALIDATION_SIZE
     train_split, eval_base, eval_start = f"train[:{num_train}]", "train", num_train

@@ -61,7 +61,7 @@ def _dataset_preprocessors(config) -> _Preprocessors:
   name = config.dataset
   spec = DATASETS[name]
   if name in ("imagenet2012", "image_folder"):
-    size, antialias = config.image_size, config.image_resize_antialias
+    size, antialias = datasets.image_size(config), config.image_resize_antialias
     augmentation, crop = config.imagenet_train_augmentation, config.imagenet_eval_crop
     train_image, eval_image, decoders = (
         (augment.folder_train_image, augment.folder_eval_image, None) if name == "image_folder"
@@ -73,7 +73,12 @@ def _dataset_preprocessors(config) -> _Preprocessors:
         eval=lambda ex: eval_image(ex["image"], size, crop, antialias, spec.mean, spec.std),
         decoders=decoders)
   pad = spec.pad if config.crop_padding is None else config.crop_padding
-  normalize = lambda images: augment.normalize(images, spec.mean, spec.std)
+  size = datasets.image_size(config)
+  if size == spec.image_shape[0]:
+    normalize = lambda images: augment.normalize(images, spec.mean, spec.std)
+  else:  # resized after the crop, before normalization
+    normalize = lambda images: augment.normalize(
+        augment.resize(images, [size, size], config.image_resize_antialias), spec.mean, spec.std)
   # Batches and single images alike: pad_crop_flip and normalize are batched.
   return _Preprocessors(
       train=lambda ex, seed: normalize(augment.pad_crop_flip(ex["image"][None], seed, pad)[0]),
