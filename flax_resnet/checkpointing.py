@@ -106,6 +106,25 @@ class Checkpointer:
     self.manager.close()
 
 
+def read_state(directory: str, step: int | None = None):
+  """The train state saved at `step` (default: the newest) in a checkpoints folder, as numpy
+  arrays in a dict (step, params, batch_stats, opt_state, ...), for analysis outside a run."""
+  manager = ocp.CheckpointManager(os.path.abspath(directory), item_names=("state", "meta"))
+  try:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(f"no checkpoint in {directory}")
+    path = os.path.join(os.path.abspath(directory), str(step), "state")
+  finally:
+    manager.close()
+  one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  with ocp.StandardCheckpointer() as checkpointer:
+    saved = checkpointer.metadata(path).item_metadata.tree
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device),
+                          saved)
+    return jax.device_get(checkpointer.restore(path, target))
+
+
 def _first_line(error: Exception) -> str:
   text = str(error).strip().splitlines()
   return (text[0] if text else type(error).__name__)[:300]

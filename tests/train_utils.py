@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import numpy as np
-import orbax.checkpoint as ocp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,14 +32,8 @@ def records(workdir):
 
 def saved_state(workdir, step):
   """The raw saved train state of `step`, as numpy arrays."""
-  import jax
-  path = os.path.join(os.path.abspath(workdir), "checkpoints", str(step), "state")
-  one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  with ocp.StandardCheckpointer() as checkpointer:
-    saved = checkpointer.metadata(path).item_metadata.tree
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device),
-                          saved)
-    return jax.device_get(checkpointer.restore(path, target))
+  from flax_resnet.checkpointing import read_state
+  return read_state(os.path.join(workdir, "checkpoints"), step)
 
 
 def assert_trees_equal(a, b):

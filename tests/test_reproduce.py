@@ -1,0 +1,57 @@
+"""reproduce/run.py: runs the studies' configs with train.py, skips finished runs, writes
+results.json, the runs' metrics and the figures."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from train_utils import ROOT, train_env
+
+
+def test_configs_of_the_studies_share_one_recipe():
+  from configs import reproduce
+  from flax_resnet.config import check_config
+  depth = [reproduce.get_config(n) for n in reproduce.DEPTH_RUNS]
+  for config in depth + [reproduce.get_config(n) for n in reproduce.IMAGENET_STYLE_RUNS]:
+    check_config(config)
+    assert (config.batch_size, config.learning_rate, config.momentum, config.weight_decay) == (
+        128, 0.1, 0.9, 1e-4)
+  assert {(c.num_epochs, c.lr_decay_epochs, c.shortcut) for c in depth} == {
+      (reproduce.DEPTH_EPOCHS, (0.5 * reproduce.DEPTH_EPOCHS, 0.75 * reproduce.DEPTH_EPOCHS),
+       "A")}
+  assert reproduce.get_config("resnet34_C").shortcut == "C"
+  assert reproduce.get_config("plain18").image_size == reproduce.IMAGENET_STYLE_SIZE
+  with pytest.raises(ValueError, match="unknown run"):
+    reproduce.get_config("cifar_resnet21")
+
+
+def test_runner_trains_skips_finished_runs_and_reports(tmp_path, fashion_mnist_data_dir):
+  out = tmp_path / "report"
+  out.mkdir()
+  command = [sys.executable, "reproduce/run.py", f"--workdir={tmp_path / 'runs'}",
+             f"--out={out}", "--only=cifar_resnet20,cifar_plain20",
+             f"--data_dir={fashion_mnist_data_dir}",
+             "--flag=--config.num_train_steps=4", "--flag=--config.log_every_steps=2",
+             "--flag=--config.eval_examples=1000", "--flag=--config.plot=False"]
+  first = subprocess.run(command, cwd=ROOT, env=train_env(devices=2), capture_output=True,
+                         text=True, timeout=900)
+  assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+  results = json.loads((out / "results.json").read_text())["runs"]
+  assert [r["name"] for r in results] == ["cifar_plain20", "cifar_resnet20"]
+  for row in results:
+    assert row["steps"] == 4 and row["image_size"] == 28
+    assert 0 <= row["train_error"] <= 1 and 0 <= row["test_error"] <= 1
+    assert len(row["layer_responses"]) == 19 and row["mean_layer_response"] > 0
+    assert (out / "runs" / row["name"] / "metrics.jsonl").exists()
+  assert results[0]["shortcut"] is None and results[1]["shortcut"] == "A"
+  from flax_resnet import count_params, create_model
+  one_channel = count_params(create_model("cifar_resnet20", num_classes=10), (1, 28, 28, 1))
+  assert results[0]["params"] == results[1]["params"] == one_channel  # option A: no parameters
+  assert sorted(os.listdir(out / "figures")) == ["depth_study.png", "layer_responses.png"]
+  second = subprocess.run(command, cwd=ROOT, env=train_env(devices=2), capture_output=True,
+                          text=True, timeout=900)
+  assert second.returncode == 0, second.stderr[-2000:]
+  assert second.stdout.count("finished, skipped") == 2
