@@ -5,7 +5,7 @@
         [--conv_library=auto|ynnpack|eigen] [--keep_malloc_defaults] [--per_device_batch_norm] \
         [--compare_torch] [--json=FILE]
 
-Times `flax_resnet.train_step.train_step` mapped over K devices by
+Times `flax_resnet.step.train_step` mapped over K devices by
 `flax_resnet.parallel.DataParallel`, exactly the step that train.py runs, on one fixed random
 batch already on the devices (no input pipeline). Prints one line per figure: compile time of
 the first step, images/second (median over several timed rounds, after warm-up), peak host
