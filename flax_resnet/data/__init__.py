@@ -7,3 +7,10 @@ offline (`fashion_mnist`), and TensorFlow kept off the accelerators (`tf_host`).
 Importing this package imports nothing heavy; `statistics` imports nothing at all, and the
 other modules import TensorFlow.
 """
+
+import os
+
+# TensorFlow only feeds data here and runs none of its oneDNN kernels (matmuls, convolutions),
+# so its start-up notice about them is noise. Takes effect where TensorFlow is not imported
+# yet; a setting of the user's own wins.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import logging
 import os
 import sys
 from pathlib import Path
@@ -135,7 +136,16 @@ def prepare(data_dir: str | os.PathLike | None = None,
   local = LocalFashionMNIST(source_dir=source_dir, data_dir=data_dir)
   print(f"Preparing TFDS fashion_mnist {local.version} in {local.data_dir} from the local IDX files "
         f"in {source_dir} (once, about 30 s; no network)...", file=sys.stderr, flush=True)
-  local.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      try_download_gcs=False,  # Never reach for TFDS's GCS mirror: this path must work offline.
-      compute_stats=tfds.download.ComputeStatsMode.SKIP))
+  # Our one line says what happens; TFDS's progress bars and log lines would only repeat it.
+  tfds.display_progress_bar(False)
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  absl_logger.setLevel(logging.WARNING)
+  try:
+    local.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        try_download_gcs=False,  # Never reach for TFDS's GCS mirror: this path must work offline.
+        compute_stats=tfds.download.ComputeStatsMode.SKIP))
+  finally:
+    absl_logger.setLevel(level)
+    tfds.display_progress_bar(True)
   return tfds.builder("fashion_mnist", data_dir=data_dir)
