@@ -1,9 +1,9 @@
-"""Speed of the library's compiled train step (forward, backward, SGD update).
+"""Speed of the library's compiled train step (forward, backward, SGD update) or forward pass.
 
     python benchmarks/step_speed.py --model=cifar_resnet20 --batch_size=128 --image_size=32 \
         [--dtype=float32|bfloat16] [--devices=K] [--widths=24,48,96] [--scan_blocks] \
         [--conv_library=auto|ynnpack|eigen] [--keep_malloc_defaults] [--per_device_batch_norm] \
-        [--compare_torch] [--json=FILE]
+        [--inference] [--small_map_conv] [--compare_torch] [--json=FILE]
 
 Times `flax_resnet.train_step.train_step` mapped over K devices by
 `flax_resnet.parallel.DataParallel`, exactly the step that train.py runs, on one fixed random
@@ -13,9 +13,15 @@ memory (and device memory where the device reports it), the step's FLOPs as XLA'
 analysis counts them against 3x the forward pass's (2 x MACs from
 `flax_resnet.count_macs`), and utilization of the device's peak where it is known.
 
-`--compare_torch` times PyTorch's CPU training step of the same network (written below, the
-torchvision layout, no torchvision needed) in a child process, round by round interleaved with
-ours, with the same batch and as many threads as cores, and prints the ratio.
+`--inference` times the forward pass instead, `model.apply(variables, x, train=False)` mapped
+over the devices as the step is, each on its shard of the batch (the figures count 1x forward).
+`--small_map_conv` runs the convolutions through `flax_resnet.conv.small_map_conv` (patched
+into flax.linen.Conv here only): the CPU fix for 3x3 convolutions on 2x2 and 1x1 maps.
+
+`--compare_torch` times PyTorch's CPU training step (with --inference: eval mode under
+torch.no_grad()) of the same network (written below, the torchvision layout, no torchvision
+needed) in a child process, round by round interleaved with ours, with the same batch and as
+many threads as cores, and prints the ratio.
 
 Imports no tensorflow, ml_collections or clu, so it runs on a bare jax + flax + optax machine.
 On CPU it splits the batch over one virtual device per core, keeps freed host memory for reuse
@@ -84,6 +90,10 @@ def parse_args(argv=None):
   p.add_argument("--per_device_batch_norm", action="store_true",
                  help="BatchNorm statistics per device, not synchronized (train.py synchronizes "
                       "them): shows what the synchronization costs")
+  p.add_argument("--inference", action="store_true",
+                 help="time the forward pass (train=False), not the train step")
+  p.add_argument("--small_map_conv", action="store_true",
+                 help="convolutions through flax_resnet.conv.small_map_conv (the CPU fix)")
   p.add_argument("--compare_torch", action="store_true")
   p.add_argument("--torch_threads", type=int, default=0, help="0: one per core")
   p.add_argument("--json", default="", help="also write the figures to this file")
@@ -106,7 +116,7 @@ def peak_host_mb() -> float:
 # --- ours ---------------------------------------------------------------------------------------
 
 class FlaxStep:
-  """The library's mapped train step, compiled once, on a fixed batch."""
+  """The library's mapped train step (or forward pass), compiled once, on a fixed batch."""
 
   def __init__(self, args, devices):
     import jax
@@ -116,6 +126,13 @@ class FlaxStep:
     from flax_resnet.parallel import DataParallel
     from flax_resnet.parallel import AXIS
     from flax_resnet.step import create_train_state, train_step
+
+    if args.small_map_conv:  # models.py builds its convolutions from flax.linen.Conv
+      from flax import linen as nn
+      from flax_resnet.conv import small_map_conv
+      class SmallMapConv(nn.Conv):
+        conv_general_dilated: object = small_map_conv
+      nn.Conv = SmallMapConv
 
     self.jax = jax
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
@@ -132,8 +149,16 @@ class FlaxStep:
     self.parallel = DataParallel(args.parallelism, devices)
     self.parallel.check_batch_size(args.batch_size)
     state = create_train_state(model, tx, image_shape, jax.random.key(0))
-    step = self.parallel.map_step(functools.partial(
-        train_step, model=model, tx=tx, learning_rate_fn=lr_fn, num_classes=model.num_classes))
+    if args.inference:
+      def forward(state, batch):  # the logits' sum: one value, the same on every device
+        logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                             batch["image"], train=False)
+        return jax.lax.psum(jnp.sum(logits.astype(jnp.float32)), AXIS)
+      step = self.parallel.map_eval(forward)
+    else:
+      step = self.parallel.map_step(functools.partial(
+          train_step, model=model, tx=tx, learning_rate_fn=lr_fn, num_classes=model.num_classes))
+    self.inference = args.inference
     rng = np.random.default_rng(0)
     self.host_batch = {
         "image": rng.standard_normal((args.batch_size, *image_shape), dtype=np.float32),
@@ -152,7 +177,10 @@ class FlaxStep:
     """Seconds per step over `steps` back-to-back steps."""
     start = time.perf_counter()
     for _ in range(steps):
-      self.state, self.metrics = self.compiled(self.state, self.batch)
+      if self.inference:
+        self.metrics = self.compiled(self.state, self.batch)
+      else:
+        self.state, self.metrics = self.compiled(self.state, self.batch)
     self.jax.block_until_ready((self.state, self.metrics))
     return (time.perf_counter() - start) / steps
 
@@ -260,12 +288,15 @@ def torch_resnet(name: str, widths: tuple[int, ...] = ()):
 
 
 class TorchStep:
-  """PyTorch's CPU training step of the same network: SGD, momentum 0.9, weight decay 1e-4."""
+  """PyTorch's CPU training step of the same network: SGD, momentum 0.9, weight decay 1e-4;
+  with `args.inference` its forward pass in eval mode under torch.no_grad()."""
 
   def __init__(self, args, host_batch, threads: int):
     net, torch = torch_resnet(args.model, args.widths)
     torch.set_num_threads(threads)
-    self.torch, self.net = torch, net
+    self.torch, self.net, self.inference = torch, net, args.inference
+    if args.inference:
+      net.eval()
     self.opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     self.x = torch.from_numpy(host_batch["image"].transpose(0, 3, 1, 2).copy())
     self.y = torch.from_numpy(host_batch["label"].astype("int64"))
@@ -275,6 +306,10 @@ class TorchStep:
     F = self.torch.nn.functional
     start = time.perf_counter()
     for _ in range(steps):
+      if self.inference:
+        with self.torch.no_grad():
+          self.net(self.x)
+        continue
       self.opt.zero_grad(set_to_none=True)
       loss = F.cross_entropy(self.net(self.x), self.y)
       loss.backward()
@@ -344,7 +379,9 @@ def main(argv=None):
         f"{'scanned' if args.scan_blocks else 'unrolled'} blocks, {args.parallelism}"
         f"{', glibc malloc defaults' if args.keep_malloc_defaults else ''}"
         f"{', BatchNorm statistics per device' if args.per_device_batch_norm else ''}"
-        f"{', convolutions on ' + library if platform == 'cpu' else ''}")
+        f"{', convolutions on ' + library if platform == 'cpu' else ''}"
+        f"{', small_map_conv' if args.small_map_conv else ''}"
+        f"; {'inference (forward, train=False)' if args.inference else 'train step'}")
 
   ours = FlaxStep(args, devices)
   print(f"compile_seconds: {ours.compile_seconds:.2f}  (first step incl. compile: "
@@ -376,10 +413,14 @@ def main(argv=None):
   macs = count_macs(create_model(args.model, **widths), (1, args.image_size, args.image_size, 3))
   forward_flops = 2.0 * macs * args.batch_size
   flops = ours.flops_per_step()
+  # The model's FLOPs per step: forward and backward (at twice the forward's cost), or forward.
+  passes = 1 if args.inference else 3
+  useful = passes * forward_flops
   figures = {
       "model": args.model, **widths, "batch_size": args.batch_size, "image_size": args.image_size,
       "dtype": args.dtype, "devices": len(devices), "device_kind": kind, "platform": platform,
       "scan_blocks": args.scan_blocks, "parallelism": args.parallelism,
+      "mode": "inference" if args.inference else "train", "small_map_conv": args.small_map_conv,
       "malloc_defaults": args.keep_malloc_defaults,
       "batch_norm": "per device" if args.per_device_batch_norm else "synchronized",
       "conv_library": library if platform == "cpu" else None,
@@ -388,8 +429,10 @@ def main(argv=None):
       "images_per_second": images_per_second, "best_images_per_second": best_images_per_second,
       "peak_host_memory_mb": host_mb,
       "flops_per_step": flops, "forward_flops": forward_flops,
-      "flops_vs_3x_forward": flops / (3 * forward_flops),
-      "train_loss": float(ours.parallel.get_metrics(ours.metrics)["train_loss"]),
+      "flops_vs_3x_forward": flops / (3 * forward_flops), "model_flops_per_step": useful,
+      "flops_vs_model_flops": flops / useful,
+      "train_loss": None if args.inference else
+                    float(ours.parallel.get_metrics(ours.metrics)["train_loss"]),
   }
   print(f"images_per_second: {images_per_second:.1f}  (step {step_seconds * 1e3:.1f} ms, "
         f"median of {args.rounds} rounds x {args.steps} steps; best round "
@@ -399,16 +442,15 @@ def main(argv=None):
   if device_peak:
     figures["peak_device_memory_mb"] = device_peak / 2**20
     print(f"peak_device_memory_mb: {device_peak / 2**20:.0f}")
-  print(f"flops_per_step (XLA cost analysis): {flops / 1e9:.2f} GFLOP; 3 x forward "
-        f"(2 x {macs / 1e6:.1f} M MACs x {args.batch_size}): {3 * forward_flops / 1e9:.2f} GFLOP; "
-        f"ratio {figures['flops_vs_3x_forward']:.3f}")
-  # MFU counts the model's FLOPs, 3 x forward (forward, and backward at twice its cost), not
-  # XLA's count: on GPU that count leaves out the cuDNN convolutions (custom calls; seen at
-  # 0.017 x on an H100), and with scanned blocks it counts each stage's loop body once.
-  useful = 3 * forward_flops
-  if args.scan_blocks or figures["flops_vs_3x_forward"] < 0.5:
+  print(f"flops_per_step (XLA cost analysis): {flops / 1e9:.2f} GFLOP; {passes} x forward "
+        f"(2 x {macs / 1e6:.1f} M MACs x {args.batch_size}): {useful / 1e9:.2f} GFLOP; "
+        f"ratio {figures['flops_vs_model_flops']:.3f}")
+  # MFU counts the model's FLOPs (`useful`), not XLA's count: on GPU that count leaves out the
+  # cuDNN convolutions (custom calls; seen at 0.017 x on an H100), and with scanned blocks it
+  # counts each stage's loop body once.
+  if args.scan_blocks or figures["flops_vs_model_flops"] < 0.5:
     print("  (XLA's count misses work here: scanned loop bodies count once, GPU convolutions "
-          "are custom calls; utilization below uses 3 x forward)")
+          f"are custom calls; utilization below uses {passes} x forward)")
   figures["achieved_flops_per_second"] = useful / step_seconds
   print(f"achieved: {useful / step_seconds / 1e12:.3f} TFLOP/s")
   peak = next((v for (k, d), v in PEAK_FLOPS.items()
