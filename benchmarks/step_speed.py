@@ -15,13 +15,11 @@ analysis counts them against 3x the forward pass's (2 x MACs from
 
 `--inference` times the forward pass instead, `model.apply(variables, x, train=False)` mapped
 over the devices as the step is, each on its shard of the batch (the figures count 1x forward).
-`--small_map_conv` runs the convolutions through `flax_resnet.conv.small_map_conv` (patched
-into flax.linen.Conv here only): the CPU fix for 3x3 convolutions on 2x2 and 1x1 maps.
-
+`--small_map_conv` patches `flax_resnet.conv.small_map_conv` into flax.linen.Conv (here only).
 `--compare_torch` times PyTorch's CPU training step (with --inference: eval mode under
-torch.no_grad()) of the same network (written below, the torchvision layout, no torchvision
-needed) in a child process, round by round interleaved with ours, with the same batch and as
-many threads as cores, and prints the ratio.
+torch.no_grad()) of the same network (benchmarks/torch_resnet.py, the torchvision layout, no
+torchvision needed) in a child process, round by round interleaved with ours, with the same
+batch and as many threads as cores, and prints the ratio.
 
 Imports no tensorflow, ml_collections or clu, so it runs on a bare jax + flax + optax machine.
 On CPU it splits the batch over one virtual device per core, keeps freed host memory for reuse
@@ -50,14 +48,9 @@ from flax_resnet import cpu  # noqa: E402  (no jax backend started yet)
 
 # Peak dense FLOP/s per chip by (device kind prefix, dtype); float32 convolutions run as TF32
 # on tensor cores under JAX's default precision on these GPUs.
-PEAK_FLOPS = {
-    ("NVIDIA H100", "bfloat16"): 989e12,
-    ("NVIDIA H100", "float32"): 495e12,
-    ("NVIDIA H200", "bfloat16"): 989e12,
-    ("NVIDIA H200", "float32"): 495e12,
-    ("NVIDIA A100", "bfloat16"): 312e12,
-    ("NVIDIA A100", "float32"): 156e12,
-}
+PEAK_FLOPS = {("NVIDIA H100", "bfloat16"): 989e12, ("NVIDIA H100", "float32"): 495e12,
+              ("NVIDIA H200", "bfloat16"): 989e12, ("NVIDIA H200", "float32"): 495e12,
+              ("NVIDIA A100", "bfloat16"): 312e12, ("NVIDIA A100", "float32"): 156e12}
 FP32_NON_TENSOR_PEAK = {"NVIDIA H100": 67e12, "NVIDIA H200": 67e12, "NVIDIA A100": 19.5e12}
 
 
@@ -177,10 +170,9 @@ class FlaxStep:
     """Seconds per step over `steps` back-to-back steps."""
     start = time.perf_counter()
     for _ in range(steps):
-      if self.inference:
-        self.metrics = self.compiled(self.state, self.batch)
-      else:
-        self.state, self.metrics = self.compiled(self.state, self.batch)
+      out = self.compiled(self.state, self.batch)
+      self.metrics = out if self.inference else out[1]
+      self.state = self.state if self.inference else out[0]
     self.jax.block_until_ready((self.state, self.metrics))
     return (time.perf_counter() - start) / steps
 
@@ -200,98 +192,14 @@ class FlaxStep:
     return stats.get("peak_bytes_in_use") if stats else None
 
 
-# --- PyTorch reference: torchvision's ResNet layout, plus the paper's CIFAR option A ----------
-
-def torch_resnet(name: str, widths: tuple[int, ...] = ()):
-  """The network `name` of flax_resnet.create_model, in PyTorch (train mode, NCHW)."""
-  import torch
-  import torch.nn.functional as F
-  from torch import nn as tnn
-
-  from flax_resnet.models import MODEL_SPECS, BottleneckBlock, PlainBasicBlock, \
-      PlainBottleneckBlock
-  spec = MODEL_SPECS[name]
-  bottleneck = issubclass(spec["block_cls"], BottleneckBlock)
-  residual = spec["block_cls"] not in (PlainBasicBlock, PlainBottleneckBlock)
-  expansion = 4 if bottleneck else 1
-  option = spec["shortcut"]
-
-  class Shortcut(tnn.Module):
-    def __init__(self, cin, cout, stride):
-      super().__init__()
-      self.stride, self.extra = stride, cout - cin
-      changes = stride != 1 or cin != cout
-      self.project = option == "C" or (option == "B" and changes)
-      self.pad = option == "A" and changes
-      if self.project:
-        self.conv = tnn.Conv2d(cin, cout, 1, stride, bias=False)
-        self.bn = tnn.BatchNorm2d(cout)
-
-    def forward(self, x):
-      if self.project:
-        return self.bn(self.conv(x))
-      if self.pad:
-        return F.pad(x[:, :, ::self.stride, ::self.stride], (0, 0, 0, 0, 0, self.extra))
-      return x
-
-  class Basic(tnn.Module):
-    def __init__(self, cin, width, stride):
-      super().__init__()
-      self.conv1 = tnn.Conv2d(cin, width, 3, stride, 1, bias=False)
-      self.bn1 = tnn.BatchNorm2d(width)
-      self.conv2 = tnn.Conv2d(width, width, 3, 1, 1, bias=False)
-      self.bn2 = tnn.BatchNorm2d(width)
-      self.shortcut = Shortcut(cin, width, stride) if residual else None
-
-    def forward(self, x):
-      y = F.relu(self.bn1(self.conv1(x)))
-      y = self.bn2(self.conv2(y))
-      return F.relu(y + self.shortcut(x) if residual else y)
-
-  class Bottleneck(tnn.Module):
-    def __init__(self, cin, width, stride):
-      super().__init__()
-      s1, s3 = (stride, 1) if spec.get("stride_in_1x1") else (1, stride)
-      self.conv1 = tnn.Conv2d(cin, width, 1, s1, bias=False)
-      self.bn1 = tnn.BatchNorm2d(width)
-      self.conv2 = tnn.Conv2d(width, width, 3, s3, 1, bias=False)
-      self.bn2 = tnn.BatchNorm2d(width)
-      self.conv3 = tnn.Conv2d(width, width * 4, 1, bias=False)
-      self.bn3 = tnn.BatchNorm2d(width * 4)
-      self.shortcut = Shortcut(cin, width * 4, stride) if residual else None
-
-    def forward(self, x):
-      y = F.relu(self.bn1(self.conv1(x)))
-      y = F.relu(self.bn2(self.conv2(y)))
-      y = self.bn3(self.conv3(y))
-      return F.relu(y + self.shortcut(x) if residual else y)
-
-  block = Bottleneck if bottleneck else Basic
-  widths = widths or spec["widths"]
-  if spec["stem"] == "imagenet":
-    layers = [tnn.Conv2d(3, widths[0], 7, 2, 3, bias=False), tnn.BatchNorm2d(widths[0]),
-              tnn.ReLU(inplace=True), tnn.MaxPool2d(3, 2, 1)]
-  else:
-    layers = [tnn.Conv2d(3, widths[0], 3, 1, 1, bias=False), tnn.BatchNorm2d(widths[0]),
-              tnn.ReLU(inplace=True)]
-  cin = widths[0]
-  for i, (blocks, width) in enumerate(zip(spec["stage_sizes"], widths)):
-    for j in range(blocks):
-      layers.append(block(cin, width, 2 if i > 0 and j == 0 else 1))
-      cin = width * expansion
-  layers += [tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Linear(cin, spec["num_classes"])]
-  net = tnn.Sequential(*layers)
-  for m in net.modules():
-    if isinstance(m, tnn.Conv2d):
-      tnn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-  return net.train(), torch
-
+# --- PyTorch reference (benchmarks/torch_resnet.py) -------------------------------------
 
 class TorchStep:
   """PyTorch's CPU training step of the same network: SGD, momentum 0.9, weight decay 1e-4;
   with `args.inference` its forward pass in eval mode under torch.no_grad()."""
 
   def __init__(self, args, host_batch, threads: int):
+    from benchmarks.torch_resnet import torch_resnet
     net, torch = torch_resnet(args.model, args.widths)
     torch.set_num_threads(threads)
     self.torch, self.net, self.inference = torch, net, args.inference
@@ -309,7 +217,7 @@ class TorchStep:
       if self.inference:
         with self.torch.no_grad():
           self.net(self.x)
-        continue
+          continue
       self.opt.zero_grad(set_to_none=True)
       loss = F.cross_entropy(self.net(self.x), self.y)
       loss.backward()
