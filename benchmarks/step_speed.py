@@ -1,9 +1,9 @@
-"""Speed of the library's compiled train step (forward, backward, SGD update).
+"""Speed of the library's compiled train step (forward, backward, SGD update) or forward pass.
 
     python benchmarks/step_speed.py --model=cifar_resnet20 --batch_size=128 --image_size=32 \
         [--dtype=float32|bfloat16] [--devices=K] [--widths=24,48,96] [--scan_blocks] \
         [--conv_library=auto|ynnpack|eigen] [--keep_malloc_defaults] [--per_device_batch_norm] \
-        [--compare_torch] [--json=FILE]
+        [--inference] [--no_cpu_overrides] [--compare_torch] [--json=FILE]
 
 Times `flax_resnet.step.train_step` mapped over K devices by
 `flax_resnet.parallel.DataParallel`, exactly the step that train.py runs, on one fixed random
@@ -13,9 +13,15 @@ memory (and device memory where the device reports it), the step's FLOPs as XLA'
 analysis counts them against 3x the forward pass's (2 x MACs from
 `flax_resnet.count_macs`), and utilization of the device's peak where it is known.
 
-`--compare_torch` times PyTorch's CPU training step of the same network (written below, the
-torchvision layout, no torchvision needed) in a child process, round by round interleaved with
-ours, with the same batch and as many threads as cores, and prints the ratio.
+`--inference` times the forward pass instead, `model.apply(variables, x, train=False)` mapped
+over the devices as the step is, each on its shard of the batch (the figures count 1x forward).
+`--no_cpu_overrides` builds the model without `flax_resnet.cpu.model_overrides` (the CPU
+formulations train.py uses: materialized ReLUs, small-map and, with scanned blocks, canonical
+convolutions), as the baseline they are measured against.
+`--compare_torch` times PyTorch's CPU training step (with --inference: eval mode under
+torch.no_grad()) of the same network (benchmarks/torch_resnet.py, the torchvision layout, no
+torchvision needed) in a child process, round by round interleaved with ours, with the same
+batch and as many threads as cores, and prints the ratio.
 
 Imports no tensorflow or clu, so it runs where the library alone is installed.
 On CPU it splits the batch over one virtual device per core, keeps freed host memory for reuse
@@ -43,14 +49,9 @@ from flax_resnet import cpu  # noqa: E402  (no jax backend started yet)
 
 # Peak dense FLOP/s per chip by (device kind prefix, dtype); float32 convolutions run as TF32
 # on tensor cores under JAX's default precision on these GPUs.
-PEAK_FLOPS = {
-    ("NVIDIA H100", "bfloat16"): 989e12,
-    ("NVIDIA H100", "float32"): 495e12,
-    ("NVIDIA H200", "bfloat16"): 989e12,
-    ("NVIDIA H200", "float32"): 495e12,
-    ("NVIDIA A100", "bfloat16"): 312e12,
-    ("NVIDIA A100", "float32"): 156e12,
-}
+PEAK_FLOPS = {("NVIDIA H100", "bfloat16"): 989e12, ("NVIDIA H100", "float32"): 495e12,
+              ("NVIDIA H200", "bfloat16"): 989e12, ("NVIDIA H200", "float32"): 495e12,
+              ("NVIDIA A100", "bfloat16"): 312e12, ("NVIDIA A100", "float32"): 156e12}
 FP32_NON_TENSOR_PEAK = {"NVIDIA H100": 67e12, "NVIDIA H200": 67e12, "NVIDIA A100": 19.5e12}
 
 
@@ -83,6 +84,10 @@ def parse_args(argv=None):
   p.add_argument("--per_device_batch_norm", action="store_true",
                  help="BatchNorm statistics per device, not synchronized (train.py synchronizes "
                       "them): shows what the synchronization costs")
+  p.add_argument("--inference", action="store_true",
+                 help="time the forward pass (train=False), not the train step")
+  p.add_argument("--no_cpu_overrides", action="store_true",
+                 help="on CPU, the model without cpu.model_overrides (the baseline)")
   p.add_argument("--compare_torch", action="store_true")
   p.add_argument("--torch_threads", type=int, default=0, help="0: one per core")
   p.add_argument("--json", default="", help="also write the figures to this file")
@@ -96,7 +101,7 @@ def peak_host_mb() -> float:
 # --- ours ---------------------------------------------------------------------------------------
 
 class FlaxStep:
-  """The library's mapped train step, compiled once, on a fixed batch."""
+  """The library's mapped train step (or forward pass), compiled once, on a fixed batch."""
 
   def __init__(self, args, devices):
     import jax
@@ -115,7 +120,8 @@ class FlaxStep:
       overrides["widths"] = args.widths
     axis_name = None if args.per_device_batch_norm else AXIS  # None: BN statistics per device
     # The CPU's module overrides, as the training loop passes them (none on GPU and TPU).
-    overrides.update(cpu.model_overrides(args.scan_blocks))
+    if not args.no_cpu_overrides:
+      overrides.update(cpu.model_overrides(args.scan_blocks))
     model = create_model(args.model, axis_name=axis_name, dtype=dtype, **overrides)
     self.num_classes = model.num_classes
     config = default_config()  # the paper's SGD, as train.py's configs use it
@@ -126,8 +132,16 @@ class FlaxStep:
     self.parallel = DataParallel(args.parallelism, devices)
     self.parallel.check_batch_size(args.batch_size)
     state = create_train_state(model, tx, image_shape, jax.random.key(0))
-    step = self.parallel.map_step(functools.partial(
-        train_step, model=model, tx=tx, learning_rate_fn=lr_fn, num_classes=model.num_classes))
+    if args.inference:
+      def forward(state, batch):  # the logits' sum: one value, the same on every device
+        logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                             batch["image"], train=False)
+        return jax.lax.psum(jnp.sum(logits.astype(jnp.float32)), AXIS)
+      step = self.parallel.map_eval(forward)
+    else:
+      step = self.parallel.map_step(functools.partial(
+          train_step, model=model, tx=tx, learning_rate_fn=lr_fn, num_classes=model.num_classes))
+    self.inference = args.inference
     rng = np.random.default_rng(0)
     self.host_batch = {
         "image": rng.standard_normal((args.batch_size, *image_shape), dtype=np.float32),
@@ -146,7 +160,9 @@ class FlaxStep:
     """Seconds per step over `steps` back-to-back steps."""
     start = time.perf_counter()
     for _ in range(steps):
-      self.state, self.metrics = self.compiled(self.state, self.batch)
+      out = self.compiled(self.state, self.batch)
+      self.metrics = out if self.inference else out[1]
+      self.state = self.state if self.inference else out[0]
     self.jax.block_until_ready((self.state, self.metrics))
     return (time.perf_counter() - start) / steps
 
@@ -166,100 +182,19 @@ class FlaxStep:
     return stats.get("peak_bytes_in_use") if stats else None
 
 
-# --- PyTorch reference: torchvision's ResNet layout, plus the paper's CIFAR option A ----------
-
-def torch_resnet(name: str, widths: tuple[int, ...] = ()):
-  """The network `name` of flax_resnet.create_model, in PyTorch (train mode, NCHW)."""
-  import torch
-  import torch.nn.functional as F
-  from torch import nn as tnn
-
-  from flax_resnet.models import MODEL_SPECS, BottleneckBlock, PlainBasicBlock, \
-      PlainBottleneckBlock
-  spec = MODEL_SPECS[name]
-  bottleneck = issubclass(spec["block_cls"], BottleneckBlock)
-  residual = spec["block_cls"] not in (PlainBasicBlock, PlainBottleneckBlock)
-  expansion = 4 if bottleneck else 1
-  option = spec["shortcut"]
-
-  class Shortcut(tnn.Module):
-    def __init__(self, cin, cout, stride):
-      super().__init__()
-      self.stride, self.extra = stride, cout - cin
-      changes = stride != 1 or cin != cout
-      self.project = option == "C" or (option == "B" and changes)
-      self.pad = option == "A" and changes
-      if self.project:
-        self.conv = tnn.Conv2d(cin, cout, 1, stride, bias=False)
-        self.bn = tnn.BatchNorm2d(cout)
-
-    def forward(self, x):
-      if self.project:
-        return self.bn(self.conv(x))
-      if self.pad:
-        return F.pad(x[:, :, ::self.stride, ::self.stride], (0, 0, 0, 0, 0, self.extra))
-      return x
-
-  class Basic(tnn.Module):
-    def __init__(self, cin, width, stride):
-      super().__init__()
-      self.conv1 = tnn.Conv2d(cin, width, 3, stride, 1, bias=False)
-      self.bn1 = tnn.BatchNorm2d(width)
-      self.conv2 = tnn.Conv2d(width, width, 3, 1, 1, bias=False)
-      self.bn2 = tnn.BatchNorm2d(width)
-      self.shortcut = Shortcut(cin, width, stride) if residual else None
-
-    def forward(self, x):
-      y = F.relu(self.bn1(self.conv1(x)))
-      y = self.bn2(self.conv2(y))
-      return F.relu(y + self.shortcut(x) if residual else y)
-
-  class Bottleneck(tnn.Module):
-    def __init__(self, cin, width, stride):
-      super().__init__()
-      s1, s3 = (stride, 1) if spec.get("stride_in_1x1") else (1, stride)
-      self.conv1 = tnn.Conv2d(cin, width, 1, s1, bias=False)
-      self.bn1 = tnn.BatchNorm2d(width)
-      self.conv2 = tnn.Conv2d(width, width, 3, s3, 1, bias=False)
-      self.bn2 = tnn.BatchNorm2d(width)
-      self.conv3 = tnn.Conv2d(width, width * 4, 1, bias=False)
-      self.bn3 = tnn.BatchNorm2d(width * 4)
-      self.shortcut = Shortcut(cin, width * 4, stride) if residual else None
-
-    def forward(self, x):
-      y = F.relu(self.bn1(self.conv1(x)))
-      y = F.relu(self.bn2(self.conv2(y)))
-      y = self.bn3(self.conv3(y))
-      return F.relu(y + self.shortcut(x) if residual else y)
-
-  block = Bottleneck if bottleneck else Basic
-  widths = widths or spec["widths"]
-  if spec["stem"] == "imagenet":
-    layers = [tnn.Conv2d(3, widths[0], 7, 2, 3, bias=False), tnn.BatchNorm2d(widths[0]),
-              tnn.ReLU(inplace=True), tnn.MaxPool2d(3, 2, 1)]
-  else:
-    layers = [tnn.Conv2d(3, widths[0], 3, 1, 1, bias=False), tnn.BatchNorm2d(widths[0]),
-              tnn.ReLU(inplace=True)]
-  cin = widths[0]
-  for i, (blocks, width) in enumerate(zip(spec["stage_sizes"], widths)):
-    for j in range(blocks):
-      layers.append(block(cin, width, 2 if i > 0 and j == 0 else 1))
-      cin = width * expansion
-  layers += [tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Linear(cin, spec["num_classes"])]
-  net = tnn.Sequential(*layers)
-  for m in net.modules():
-    if isinstance(m, tnn.Conv2d):
-      tnn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-  return net.train(), torch
-
+# --- PyTorch reference (benchmarks/torch_resnet.py) -------------------------------------
 
 class TorchStep:
-  """PyTorch's CPU training step of the same network: SGD, momentum 0.9, weight decay 1e-4."""
+  """PyTorch's CPU training step of the same network: SGD, momentum 0.9, weight decay 1e-4;
+  with `args.inference` its forward pass in eval mode under torch.no_grad()."""
 
   def __init__(self, args, host_batch, threads: int):
+    from benchmarks.torch_resnet import torch_resnet
     net, torch = torch_resnet(args.model, args.widths)
     torch.set_num_threads(threads)
-    self.torch, self.net = torch, net
+    self.torch, self.net, self.inference = torch, net, args.inference
+    if args.inference:
+      net.eval()
     self.opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     self.x = torch.from_numpy(host_batch["image"].transpose(0, 3, 1, 2).copy())
     self.y = torch.from_numpy(host_batch["label"].astype("int64"))
@@ -269,6 +204,10 @@ class TorchStep:
     F = self.torch.nn.functional
     start = time.perf_counter()
     for _ in range(steps):
+      if self.inference:
+        with self.torch.no_grad():
+          self.net(self.x)
+          continue
       self.opt.zero_grad(set_to_none=True)
       loss = F.cross_entropy(self.net(self.x), self.y)
       loss.backward()
@@ -338,7 +277,9 @@ def main(argv=None):
         f"{'scanned' if args.scan_blocks else 'unrolled'} blocks, {args.parallelism}"
         f"{', glibc malloc defaults' if args.keep_malloc_defaults else ''}"
         f"{', BatchNorm statistics per device' if args.per_device_batch_norm else ''}"
-        f"{', convolutions on ' + library if platform == 'cpu' else ''}")
+        f"{', convolutions on ' + library if platform == 'cpu' else ''}"
+        f"{', no CPU overrides' if args.no_cpu_overrides else ''}"
+        f"; {'inference (forward, train=False)' if args.inference else 'train step'}")
 
   ours = FlaxStep(args, devices)
   print(f"compile_seconds: {ours.compile_seconds:.2f}  (first step incl. compile: "
@@ -370,10 +311,14 @@ def main(argv=None):
   macs = count_macs(create_model(args.model, **widths), (1, args.image_size, args.image_size, 3))
   forward_flops = 2.0 * macs * args.batch_size
   flops = ours.flops_per_step()
+  # The model's FLOPs per step: forward and backward (at twice the forward's cost), or forward.
+  passes = 1 if args.inference else 3
+  useful = passes * forward_flops
   figures = {
       "model": args.model, **widths, "batch_size": args.batch_size, "image_size": args.image_size,
       "dtype": args.dtype, "devices": len(devices), "device_kind": kind, "platform": platform,
       "scan_blocks": args.scan_blocks, "parallelism": args.parallelism,
+      "mode": "inference" if args.inference else "train", "cpu_overrides": not args.no_cpu_overrides,
       "malloc_defaults": args.keep_malloc_defaults,
       "batch_norm": "per device" if args.per_device_batch_norm else "synchronized",
       "conv_library": library if platform == "cpu" else None,
@@ -382,8 +327,10 @@ def main(argv=None):
       "images_per_second": images_per_second, "best_images_per_second": best_images_per_second,
       "peak_host_memory_mb": host_mb,
       "flops_per_step": flops, "forward_flops": forward_flops,
-      "flops_vs_3x_forward": flops / (3 * forward_flops),
-      "train_loss": float(ours.parallel.get_metrics(ours.metrics)["train_loss"]),
+      "flops_vs_3x_forward": flops / (3 * forward_flops), "model_flops_per_step": useful,
+      "flops_vs_model_flops": flops / useful,
+      "train_loss": None if args.inference else
+                    float(ours.parallel.get_metrics(ours.metrics)["train_loss"]),
   }
   print(f"images_per_second: {images_per_second:.1f}  (step {step_seconds * 1e3:.1f} ms, "
         f"median of {args.rounds} rounds x {args.steps} steps; best round "
@@ -393,16 +340,15 @@ def main(argv=None):
   if device_peak:
     figures["peak_device_memory_mb"] = device_peak / 2**20
     print(f"peak_device_memory_mb: {device_peak / 2**20:.0f}")
-  print(f"flops_per_step (XLA cost analysis): {flops / 1e9:.2f} GFLOP; 3 x forward "
-        f"(2 x {macs / 1e6:.1f} M MACs x {args.batch_size}): {3 * forward_flops / 1e9:.2f} GFLOP; "
-        f"ratio {figures['flops_vs_3x_forward']:.3f}")
-  # MFU counts the model's FLOPs, 3 x forward (forward, and backward at twice its cost), not
-  # XLA's count: on GPU that count leaves out the cuDNN convolutions (custom calls; seen at
-  # 0.017 x on an H100), and with scanned blocks it counts each stage's loop body once.
-  useful = 3 * forward_flops
-  if args.scan_blocks or figures["flops_vs_3x_forward"] < 0.5:
+  print(f"flops_per_step (XLA cost analysis): {flops / 1e9:.2f} GFLOP; {passes} x forward "
+        f"(2 x {macs / 1e6:.1f} M MACs x {args.batch_size}): {useful / 1e9:.2f} GFLOP; "
+        f"ratio {figures['flops_vs_model_flops']:.3f}")
+  # MFU counts the model's FLOPs (`useful`), not XLA's count: on GPU that count leaves out the
+  # cuDNN convolutions (custom calls; seen at 0.017 x on an H100), and with scanned blocks it
+  # counts each stage's loop body once.
+  if args.scan_blocks or figures["flops_vs_model_flops"] < 0.5:
     print("  (XLA's count misses work here: scanned loop bodies count once, GPU convolutions "
-          "are custom calls; utilization below uses 3 x forward)")
+          f"are custom calls; utilization below uses {passes} x forward)")
   figures["achieved_flops_per_second"] = useful / step_seconds
   print(f"achieved: {useful / step_seconds / 1e12:.3f} TFLOP/s")
   peak = next((v for (k, d), v in PEAK_FLOPS.items()

@@ -171,11 +171,14 @@ def configure_cpu(device_count: int | None = None, reuse_host_memory: bool = Tru
 def model_overrides(scan_blocks: bool = False, backend: str | None = None) -> dict:
   """ResNet field overrides that make XLA:CPU train faster, for `create_model(name, **...)`.
 
-  On the CPU: every ReLU output is materialized once (`cpu_ops.materialized_relu`), and with
-  scanned blocks every convolution's backward pass is written in the canonical layout that
-  XLA:CPU runs on its fast kernels inside loops too (`cpu_ops.canonical_conv`). Elsewhere
-  (`backend`, default `jax.default_backend()`, is not 'cpu'): no overrides. The overrides
-  change neither the variables nor the numbers, only how XLA:CPU schedules them.
+  On the CPU: every ReLU output is materialized once (`cpu_ops.materialized_relu`);
+  convolutions whose output map is smaller than their window (3x3 on 2x2 or 1x1 maps, the
+  last stages of ImageNet-style nets on small images) are one matrix product
+  (`cpu_ops.small_map_conv`); and with scanned blocks every other convolution's backward pass
+  is written in the canonical layout that XLA:CPU runs on its fast kernels inside loops too
+  (`cpu_ops.canonical_conv`). Elsewhere (`backend`, default `jax.default_backend()`, is not
+  'cpu'): no overrides. They change neither the variables nor the numbers (to float32
+  rounding), only the operations XLA:CPU runs.
   """
   import jax
 
@@ -186,7 +189,8 @@ def model_overrides(scan_blocks: bool = False, backend: str | None = None) -> di
   import flax.linen as nn
 
   from flax_resnet import cpu_ops
-  overrides = {"act": cpu_ops.materialized_relu}
+  conv = cpu_ops.small_map_conv
   if scan_blocks:
-    overrides["conv"] = functools.partial(nn.Conv, conv_general_dilated=cpu_ops.canonical_conv)
-  return overrides
+    conv = functools.partial(cpu_ops.small_map_conv, other=cpu_ops.canonical_conv)
+  return {"act": cpu_ops.materialized_relu,
+          "conv": functools.partial(nn.Conv, conv_general_dilated=conv)}

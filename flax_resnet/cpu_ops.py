@@ -18,6 +18,12 @@ output, the blocks' outputs among them. Without it XLA:CPU fuses the cheap eleme
 of the residual stream (BatchNorm, addition, ReLU of every earlier block of the stage) into
 each consumer, including the transposes that feed the weight-gradient convolutions, and so
 recomputes the whole chain there with strided reads (benchmarks/README.md measures it).
+
+`small_map_conv` computes convolutions whose output map is smaller than the window (a 3x3
+convolution on 2x2 or 1x1 maps: the last stages of ImageNet ResNets on small images) as one
+matrix product of the gathered taps (im2col). XLA:CPU ran those, and the input gradient of a
+3x3/2 convolution onto such a map, several times slower than any other convolution, on Eigen and YNNPACK alike
+(benchmarks/README.md). Larger maps go to `lax.conv_general_dilated` unchanged.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 from jax import lax
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
@@ -75,24 +82,95 @@ def _backward(strides, padding, precision, residuals, dy):
 _canonical_conv.defvjp(_forward, _backward)
 
 
+def _unsupported(inputs, kernel, lhs_dilation, rhs_dilation, dimension_numbers,
+                 feature_group_count) -> str | None:
+  """Why the arguments are outside the plain NHWC/HWIO 2-D convolution, or None."""
+  if inputs.ndim != 4:
+    return "only 2-D convolutions (NHWC inputs)"
+  if any(d not in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))):
+    return "dilated convolutions are not supported"
+  if feature_group_count != 1:
+    return "grouped convolutions are not supported"
+  if dimension_numbers is not None:
+    dimension_numbers = lax.conv_dimension_numbers(inputs.shape, kernel.shape,
+                                                   dimension_numbers)
+    if dimension_numbers != lax.conv_dimension_numbers(inputs.shape, kernel.shape, _NHWC):
+      return "only NHWC inputs and HWIO kernels"
+  return None
+
+
 def canonical_conv(inputs, kernel, window_strides: Sequence[int], padding, lhs_dilation=None,
                    rhs_dilation=None, dimension_numbers=None, feature_group_count: int = 1,
                    precision=None):
   """`lax.conv_general_dilated` for NHWC inputs and HWIO kernels (the signature `nn.Conv`
   calls), with a backward pass of canonical-layout convolutions. Dilated and grouped
   convolutions are not needed by ResNets and are refused."""
-  if any(d not in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))):
-    raise NotImplementedError("canonical_conv: dilated convolutions are not supported")
-  if feature_group_count != 1:
-    raise NotImplementedError("canonical_conv: grouped convolutions are not supported")
-  if dimension_numbers is not None:
-    dimension_numbers = lax.conv_dimension_numbers(inputs.shape, kernel.shape,
-                                                   dimension_numbers)
-    if dimension_numbers != lax.conv_dimension_numbers(inputs.shape, kernel.shape, _NHWC):
-      raise NotImplementedError("canonical_conv: only NHWC inputs and HWIO kernels")
+  why = _unsupported(inputs, kernel, lhs_dilation, rhs_dilation, dimension_numbers,
+                     feature_group_count)
+  if why:
+    raise NotImplementedError(f"canonical_conv: {why}")
   strides = tuple(int(s) for s in window_strides)
   padding = _explicit_padding(padding, inputs.shape[1:3], kernel.shape[:2], strides)
   return _canonical_conv(inputs, kernel, strides, padding, precision)
+
+
+def _live_taps(k: int, n: int, m: int, s: int, low: int) -> list[int]:
+  """The window offsets (0..k-1) that read the map (size n) for some output (0..m-1), not
+  only padding: the others multiply zeros, and are left out."""
+  return [i for i in range(k) if any(0 <= r * s + i - low < n for r in range(m))]
+
+
+def im2col_conv(x, w, strides, padding, precision=None):
+  """The NHWC/HWIO convolution as one matrix product: the taps that touch the map, gathered
+  side by side in channels (N, H', W', taps x C_in), times the kernel's rows for those taps.
+  Its gradients (by JAX) are matrix products, slices and pads: no convolution anywhere."""
+  (kh, kw, cin, cout), (n, h, wd) = w.shape, x.shape[:3]
+  out_hw = [(size + lo + hi - k) // s + 1
+            for size, k, s, (lo, hi) in zip((h, wd), (kh, kw), strides, padding)]
+  rows = _live_taps(kh, h, out_hw[0], strides[0], padding[0][0])
+  cols = _live_taps(kw, wd, out_hw[1], strides[1], padding[1][0])
+  dtype = jnp.result_type(x, w)
+  if not rows or not cols:  # every output reads only padding
+    return jnp.zeros((n, *out_hw, cout), dtype)
+  padded = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*padding[0], 0), (*padding[1], 0),
+                                               (0, 0, 0)))
+  (oh, ow), (sh, sw) = out_hw, strides
+  taps = [lax.slice(padded, (0, i, j, 0), (n, i + (oh - 1) * sh + 1, j + (ow - 1) * sw + 1, cin),
+                    (1, sh, sw, 1)) for i in rows for j in cols]
+  patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+  kernel = jnp.concatenate([w[i, j] for i in rows for j in cols], axis=0)
+  return lax.dot_general(patches.astype(dtype), kernel.astype(dtype), (((3,), (0,)), ((), ())),
+                         precision=precision)
+
+
+def is_small_map(input_hw, kernel_hw, strides, padding) -> bool:
+  """Whether `small_map_conv` rewrites this convolution: its output map is smaller than the
+  window in both dimensions (3x3: outputs of 2x2 or 1x1), where XLA:CPU's convolutions (the
+  forward or the input gradient) ran 10-100x below their speed on larger maps."""
+  return all((size + lo + hi - k) // s + 1 < k
+             for size, k, s, (lo, hi) in zip(input_hw, kernel_hw, strides, padding))
+
+
+def small_map_conv(inputs, kernel, window_strides: Sequence[int], padding, lhs_dilation=None,
+                   rhs_dilation=None, dimension_numbers=None, feature_group_count: int = 1,
+                   precision=None, *, other=lax.conv_general_dilated):
+  """`lax.conv_general_dilated` (the signature `nn.Conv` calls) that computes small-map
+  convolutions (`is_small_map`) as `im2col_conv`, a matrix product with the same outputs and
+  gradients, and passes every other convolution (and any it does not handle: dilated,
+  grouped, other layouts) to `other` (`lax.conv_general_dilated`, or `canonical_conv` inside
+  loops) unchanged. For the CPU: nn.Conv(conv_general_dilated=small_map_conv)."""
+  direct = functools.partial(other, inputs, kernel, window_strides, padding,
+                             lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+                             dimension_numbers=dimension_numbers,
+                             feature_group_count=feature_group_count, precision=precision)
+  if dimension_numbers is None or _unsupported(  # None: lax's NCHW default
+      inputs, kernel, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count):
+    return direct()
+  strides = tuple(int(s) for s in window_strides)
+  padding = _explicit_padding(padding, inputs.shape[1:3], kernel.shape[:2], strides)
+  if not is_small_map(inputs.shape[1:3], kernel.shape[:2], strides, padding):
+    return direct()
+  return im2col_conv(inputs, kernel, strides, padding, precision)
 
 
 def materialize(x):
