@@ -14,6 +14,8 @@ from flax_resnet.models import (
     Shortcut,
     Stage,
     Stem,
+)
+from flax_resnet.registry import (
     create_model,
     model_names,
     ResNet18,

@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flax_resnet.models import MODEL_SPECS, BasicBlock, BottleneckBlock, ResNet, create_model
+from flax_resnet.models import BasicBlock, BottleneckBlock, ResNet
+from flax_resnet.registry import MODEL_SPECS, create_model
 
 # Our leaf name -> torchvision's, per kind of layer.
 _TORCH_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
