@@ -2,6 +2,14 @@
 
 Each name is a set of `models.ResNet` fields (MODEL_SPECS); `create_model` takes any field as
 an override. The training config's `model` field takes the same names.
+
+  resnet18 ... resnet200, plain18/34      the paper's ImageNet nets (torchvision's layout)
+  cifar_resnet20 ... 1202, cifar_plain*   the paper's CIFAR-10 nets (6n+2 layers)
+  resnet18d ... resnet200d                ResNet-D of "Bag of Tricks" (timm's resnet*d): deep
+                                          stem, average-pooled projection shortcuts
+  preact_resnet18 ... preact_resnet200    pre-activation ImageNet nets (timm's resnetv2_*)
+  preact_resnet20 ... 110, 164, 1001      pre-activation CIFAR-10 nets; 164 and 1001 are the
+                                          "Identity Mappings" paper's bottleneck nets (9n+2)
 """
 
 from __future__ import annotations
@@ -9,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from flax_resnet.models import BasicBlock, BottleneckBlock, PlainBasicBlock, ResNet
+from flax_resnet.preact import PreActBasicBlock, PreActBottleneckBlock
 
 _IMAGENET = dict(stem="imagenet", widths=(64, 128, 256, 512), num_classes=1000, shortcut="B")
 # CIFAR nets (paper section 4.2): 6n+2 layers, 16/32/64 filters, option A shortcuts.
@@ -31,6 +40,26 @@ for _n in (3, 5, 7, 9, 18, 200):
 for _n in (3, 5, 7, 9, 18):
   MODEL_SPECS[f"cifar_plain{6 * _n + 2}"] = dict(_CIFAR, stage_sizes=(_n,) * 3,
                                                   block_cls=PlainBasicBlock)
+
+_IMAGENET_DEPTHS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3),
+                    152: (3, 8, 36, 3), 200: (3, 24, 36, 3)}
+# ResNet-D (He et al. 2019): ResNet-C's deep stem and average-pooled projections.
+for _depth, _sizes in _IMAGENET_DEPTHS.items():
+  MODEL_SPECS[f"resnet{_depth}d"] = dict(
+      _IMAGENET, stage_sizes=_sizes, stem="deep", shortcut_downsample="avg_pool",
+      block_cls=BottleneckBlock if _depth >= 50 else BasicBlock)
+for _depth, _sizes in _IMAGENET_DEPTHS.items():
+  MODEL_SPECS[f"preact_resnet{_depth}"] = dict(
+      _IMAGENET, stage_sizes=_sizes,
+      block_cls=PreActBottleneckBlock if _depth >= 50 else PreActBasicBlock)
+for _n in (3, 5, 7, 9, 18):
+  MODEL_SPECS[f"preact_resnet{6 * _n + 2}"] = dict(_CIFAR, stage_sizes=(_n,) * 3,
+                                                    block_cls=PreActBasicBlock)
+# The "Identity Mappings" paper's CIFAR bottleneck nets: 9n+2 layers, projection shortcuts
+# where shapes change (its code's), 16/32/64 filters expanded x4.
+for _n in (18, 111):
+  MODEL_SPECS[f"preact_resnet{9 * _n + 2}"] = dict(_CIFAR, stage_sizes=(_n,) * 3,
+                                                    shortcut="B", block_cls=PreActBottleneckBlock)
 
 
 def model_names() -> list[str]:
