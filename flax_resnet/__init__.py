@@ -15,6 +15,8 @@ from flax_resnet.models import (
     Stage,
     Stem,
 )
+from flax_resnet.preact import PreActBasicBlock, PreActBottleneckBlock
+from flax_resnet.stochastic_depth import DropPath
 from flax_resnet.registry import (
     create_model,
     model_names,

@@ -294,7 +294,8 @@ class ResNet(nn.Module):
       stride, the paper) or 'avg_pool' (ResNet-D: 2x2 average pool, then a stride-1 1x1).
     stride_in_1x1: bottleneck downsampling on the first 1x1 (v1, paper) or the 3x3 (v1.5).
     zero_init_residual: start each block's last BN scale at zero, so blocks start as identities
-      (Goyal et al. 2017); the paper does not.
+      (Goyal et al. 2017); the paper does not. Pre-activation blocks, which end on a
+      convolution, start its kernel at zero instead.
     padding: 'symmetric' (torchvision/Caffe) or 'same' (XLA SAME).
     dtype: compute dtype (e.g. jnp.bfloat16); parameters and logits stay float32.
     axis_name: mapped axis over which BatchNorm averages its batch statistics (synchronized BN).
