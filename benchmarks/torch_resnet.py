@@ -10,9 +10,11 @@ def torch_resnet(name: str, widths: tuple[int, ...] = ()):
   import torch.nn.functional as F
   from torch import nn as tnn
 
-  from flax_resnet.models import MODEL_SPECS, BottleneckBlock, PlainBasicBlock, \
-      PlainBottleneckBlock
+  from flax_resnet.models import BottleneckBlock, PlainBasicBlock, PlainBottleneckBlock
+  from flax_resnet.registry import MODEL_SPECS
   spec = MODEL_SPECS[name]
+  if getattr(spec["block_cls"], "preactivation", False) or spec["stem"] == "deep":
+    raise SystemExit(f"the PyTorch reference builds the 2016 paper's nets only, not {name}")
   bottleneck = issubclass(spec["block_cls"], BottleneckBlock)
   residual = spec["block_cls"] not in (PlainBasicBlock, PlainBottleneckBlock)
   expansion = 4 if bottleneck else 1

@@ -14,6 +14,10 @@ from flax_resnet.models import (
     Shortcut,
     Stage,
     Stem,
+)
+from flax_resnet.preact import PreActBasicBlock, PreActBottleneckBlock
+from flax_resnet.stochastic_depth import DropPath
+from flax_resnet.registry import (
     create_model,
     model_names,
     ResNet18,
@@ -49,6 +53,9 @@ _LAZY = {
     "to_torchvision": "flax_resnet.convert",
     "load_state_dict": "flax_resnet.convert",
     "torchvision_models": "flax_resnet.convert",
+    "from_timm": "flax_resnet.convert_timm",
+    "to_timm": "flax_resnet.convert_timm",
+    "timm_models": "flax_resnet.convert_timm",
     "predict": "flax_resnet.inference",
     "preprocess": "flax_resnet.inference",
     "load_image": "flax_resnet.inference",

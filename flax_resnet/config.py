@@ -18,14 +18,14 @@ import difflib
 
 import ml_collections
 
-from flax_resnet import models, parallel
+from flax_resnet import models, parallel, registry
 from flax_resnet.errors import ConfigError
 
 # Where Debian's dataset-fashion-mnist package puts the four IDX files.
 DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 # Allowed values of the fields that take a name. Model and dataset names are the keys of
-# models.MODEL_SPECS and data.datasets.DATASETS; the options a module owns are its own.
+# registry.MODEL_SPECS and data.datasets.DATASETS; the options a module owns are its own.
 CHOICES = {
     "shortcut": models.SHORTCUT_OPTIONS,
     "imagenet_train_augmentation": ("paper", "inception"),
@@ -160,14 +160,15 @@ def check_config(config) -> None:
   if missing:
     raise ConfigError(f"config lacks field(s) {missing}; start from "
                       "flax_resnet.default_config() and override what differs")
-  if config.model not in models.MODEL_SPECS:
-    raise ConfigError(f"unknown model {config.model!r}; valid models: {', '.join(models.MODEL_SPECS)}")
-  stages = len(models.MODEL_SPECS[config.model]["stage_sizes"])
+  if config.model not in registry.MODEL_SPECS:
+    raise ConfigError(f"unknown model {config.model!r}; valid models: "
+                      f"{', '.join(registry.MODEL_SPECS)}")
+  stages = len(registry.MODEL_SPECS[config.model]["stage_sizes"])
   if config.widths and (len(config.widths) != stages
                         or not all(isinstance(w, int) and w > 0 for w in config.widths)):
     raise ConfigError(f"config.widths={tuple(config.widths)} must be {stages} positive integers "
                       f"(one per stage of {config.model}), or () for the model's own "
-                      f"{models.MODEL_SPECS[config.model]['widths']}")
+                      f"{registry.MODEL_SPECS[config.model]['widths']}")
   from flax_resnet.data.datasets import DATASETS  # imports TensorFlow: only when training
   if config.dataset not in DATASETS:
     raise ConfigError(f"unknown dataset {config.dataset!r}; valid datasets: "

@@ -2,7 +2,13 @@
 
 Reading order, as in torchvision's resnet.py: the shortcut (`Shortcut`), the two residual
 blocks (`BasicBlock`, `BottleneckBlock`) and their plain forms, the stem (`Stem`), a stage
-(`Stage`), the network (`ResNet`) and the named constructors (`ResNet50`, `create_model`).
+(`Stage`) and the network (`ResNet`). The pre-activation blocks of He et al. (ECCV 2016) are
+in preact.py, stochastic depth in stochastic_depth.py, the named networks
+(`create_model('resnet50')`) in registry.py.
+
+Beyond the 2016 paper, "Bag of Tricks" (He et al., CVPR 2019) gives two options: ResNet-C's
+deep stem (`stem='deep'`) and ResNet-D's average-pooled projection shortcuts
+(`shortcut_downsample='avg_pool'`); `drop_path_rate` adds stochastic depth (Huang et al. 2016).
 
 All modules take NHWC input and are pure Flax Linen: `model.init(rng, x, train=False)` and
 `model.apply(variables, x, train=True, mutable=['batch_stats'])`.
@@ -14,7 +20,10 @@ import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+
+from flax_resnet.stochastic_depth import DropPath, drop_path_rates
 
 Dtype = Any
 ModuleDef = Callable[..., nn.Module]
@@ -23,6 +32,8 @@ ModuleDef = Callable[..., nn.Module]
 he_normal = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 SHORTCUT_OPTIONS = ("A", "B", "C")
+SHORTCUT_DOWNSAMPLES = ("stride", "avg_pool")
+STEMS = ("imagenet", "deep", "cifar")
 PADDING_MODES = ("symmetric", "same")
 SCANNED_BLOCKS = "blocks"  # name of a stage's scanned blocks 2..N (see `Stage`)
 
@@ -44,26 +55,46 @@ def _last_bn_scale_init(zero: bool):
   return nn.initializers.zeros if zero else nn.initializers.ones
 
 
+def _avg_pool_2x2(x, strides: int):
+  """ResNet-D's 2x2 average pool, as PyTorch's AvgPool2d(2, strides, ceil_mode=True,
+  count_include_pad=False) in timm: an odd-sized input's last row and column are averaged on
+  their own, so the output has the size a strided 1x1 convolution gives."""
+  pad = [(0, -(size - 2) % strides) for size in x.shape[1:3]]
+  return nn.avg_pool(x, (2, 2), (strides, strides), padding=pad, count_include_pad=False)
+
+
 class Shortcut(nn.Module):
   """The x in y = F(x) + x, under the paper's three options.
 
   A: identity; where shapes change, subsample by the stride and zero-pad the new channels
      (no parameters). B: 1x1 projection + BN only where shapes change. C: projection always.
+  A projection downsamples by its 1x1 convolution's stride ('stride', which reads one pixel
+  in four) or, as ResNet-D, by a 2x2 average pool of that stride before a stride-1 1x1
+  convolution ('avg_pool', which reads them all). `norm=None` leaves the projection without
+  BN (pre-activation blocks, whose shortcut reads an input their own BN has normalized).
   """
 
   features: int
   strides: int
   option: str
   conv: Callable[..., nn.Module]
-  norm: Callable[..., nn.Module]
+  norm: Callable[..., nn.Module] | None
+  downsample: str = "stride"
+
+  @staticmethod
+  def is_identity(option: str, strides: int, in_features: int, features: int) -> bool:
+    """Whether the shortcut passes its input through unchanged (no projection, no reshape)."""
+    return option != "C" and strides == 1 and in_features == features
 
   @nn.compact
   def __call__(self, x):
     changes_shape = self.strides != 1 or x.shape[-1] != self.features
     if self.option == "C" or (self.option == "B" and changes_shape):
-      x = self.conv(self.features, (1, 1), (self.strides, self.strides), padding="VALID",
-                    name="conv")(x)
-      return self.norm(name="bn")(x)
+      strides = self.strides
+      if self.downsample == "avg_pool" and strides > 1:
+        x, strides = _avg_pool_2x2(x, strides), 1
+      x = self.conv(self.features, (1, 1), (strides, strides), padding="VALID", name="conv")(x)
+      return x if self.norm is None else self.norm(name="bn")(x)
     if not changes_shape:
       return x
     if self.option != "A":
@@ -77,29 +108,36 @@ class Shortcut(nn.Module):
 
 
 class BasicBlock(nn.Module):
-  """3x3 -> 3x3 residual block (ResNet-18/34 and the CIFAR nets)."""
+  """3x3 -> 3x3 residual block (ResNet-18/34 and the CIFAR nets).
+
+  Blocks are called as `block(x, drop_path_rate)`: the rate at which `DropPath` drops this
+  block's residual branch in training (`deterministic=False`).
+  """
 
   features: int
   strides: int = 1
   shortcut: str = "B"
+  shortcut_downsample: str = "stride"
   conv: Callable[..., nn.Module] = nn.Conv
   norm: Callable[..., nn.Module] = nn.BatchNorm
   act: Callable = nn.relu
   padding: str = "symmetric"
   zero_init_last_bn: bool = False
+  deterministic: bool = True
   residual = True
   expansion = 1
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, drop_path_rate: float | jax.Array = 0.0):
     s = (self.strides, self.strides)
     y = self.conv(self.features, (3, 3), s, padding=_padding(3, self.padding), name="conv1")(x)
     y = self.act(self.norm(name="bn1")(y))
     y = self.conv(self.features, (3, 3), padding=_padding(3, self.padding), name="conv2")(y)
     y = self.norm(name="bn2", scale_init=_last_bn_scale_init(self.zero_init_last_bn))(y)
     if self.residual:
-      y = y + Shortcut(self.features, self.strides, self.shortcut, self.conv, self.norm,
-                       name="shortcut")(x)
+      y = DropPath(self.deterministic)(y, drop_path_rate) + Shortcut(
+          self.features, self.strides, self.shortcut, self.conv, self.norm,
+          self.shortcut_downsample, name="shortcut")(x)
     return self.act(y)
 
 
@@ -113,17 +151,19 @@ class BottleneckBlock(nn.Module):
   features: int
   strides: int = 1
   shortcut: str = "B"
+  shortcut_downsample: str = "stride"
   conv: Callable[..., nn.Module] = nn.Conv
   norm: Callable[..., nn.Module] = nn.BatchNorm
   act: Callable = nn.relu
   padding: str = "symmetric"
   zero_init_last_bn: bool = False
   stride_in_1x1: bool = False
+  deterministic: bool = True
   residual = True
   expansion = 4
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, drop_path_rate: float | jax.Array = 0.0):
     s = (self.strides, self.strides)
     s1, s3 = (s, (1, 1)) if self.stride_in_1x1 else ((1, 1), s)
     y = self.conv(self.features, (1, 1), s1, padding="VALID", name="conv1")(x)
@@ -134,8 +174,9 @@ class BottleneckBlock(nn.Module):
     y = self.conv(out, (1, 1), padding="VALID", name="conv3")(y)
     y = self.norm(name="bn3", scale_init=_last_bn_scale_init(self.zero_init_last_bn))(y)
     if self.residual:
-      y = y + Shortcut(out, self.strides, self.shortcut, self.conv, self.norm,
-                       name="shortcut")(x)
+      y = DropPath(self.deterministic)(y, drop_path_rate) + Shortcut(
+          out, self.strides, self.shortcut, self.conv, self.norm, self.shortcut_downsample,
+          name="shortcut")(x)
     return self.act(y)
 
 
@@ -152,7 +193,14 @@ class PlainBottleneckBlock(BottleneckBlock):
 
 
 class Stem(nn.Module):
-  """ImageNet stem (7x7/2 conv, BN, ReLU, 3x3/2 max-pool) or CIFAR stem (3x3 conv, BN, ReLU)."""
+  """The layers before the first stage, each convolution followed by BN and ReLU.
+
+  'imagenet': 7x7/2 conv, 3x3/2 max-pool. 'deep' (ResNet-C, timm's resnet*d): three 3x3
+  convs of features/2, features/2 and features channels, the first strided, then the
+  max-pool; cheaper than the 7x7 for the same receptive field. 'cifar': one 3x3 conv.
+  `normalize_output=False` leaves the last convolution without BN and ReLU, for
+  pre-activation networks, whose first block normalizes its input.
+  """
 
   features: int
   kind: str = "imagenet"
@@ -160,26 +208,31 @@ class Stem(nn.Module):
   norm: Callable[..., nn.Module] = nn.BatchNorm
   act: Callable = nn.relu
   padding: str = "symmetric"
+  normalize_output: bool = True
 
   @nn.compact
   def __call__(self, x):
-    if self.kind == "imagenet":
-      x = self.conv(self.features, (7, 7), (2, 2), padding=_padding(7, self.padding),
-                    name="conv")(x)
-      x = self.act(self.norm(name="bn")(x))
-      return nn.max_pool(x, (3, 3), (2, 2), padding=_padding(3, self.padding))
+    f = self.features
+    # (name, output channels, kernel, stride) of each convolution
+    convs = {"imagenet": [("conv", f, 7, 2)], "cifar": [("conv", f, 3, 1)],
+             "deep": [("conv1", f // 2, 3, 2), ("conv2", f // 2, 3, 1), ("conv3", f, 3, 1)]}
+    if self.kind not in convs:
+      raise ValueError(f"unknown stem {self.kind!r}; use one of {STEMS}")
+    for i, (name, features, k, s) in enumerate(convs[self.kind]):
+      x = self.conv(features, (k, k), (s, s), padding=_padding(k, self.padding), name=name)(x)
+      if self.normalize_output or i < len(convs[self.kind]) - 1:
+        x = self.act(self.norm(name=name.replace("conv", "bn"))(x))
     if self.kind == "cifar":
-      x = self.conv(self.features, (3, 3), padding=_padding(3, self.padding), name="conv")(x)
-      return self.act(self.norm(name="bn")(x))
-    raise ValueError(f"unknown stem {self.kind!r}; use 'imagenet' or 'cifar'")
+      return x
+    return nn.max_pool(x, (3, 3), (2, 2), padding=_padding(3, self.padding))
 
 
 def _scan_step(block_cls):
   """`block_cls` with the (carry, x) -> (carry, y) signature that nn.scan steps through."""
 
   class ScanStep(block_cls):
-    def __call__(self, x, _):
-      return super().__call__(x), None
+    def __call__(self, x, drop_path_rate):  # None where no block drops its branch
+      return super().__call__(x, 0.0 if drop_path_rate is None else drop_path_rate), None
 
   ScanStep.__name__ = ScanStep.__qualname__ = f"Scanned{block_cls.__name__}"
   return ScanStep
@@ -191,7 +244,8 @@ class Stage(nn.Module):
   With `scan_blocks`, blocks 2..N, which are identical (same shapes, stride 1), are one
   `nn.scan` named "blocks" whose parameters carry a leading axis of N - 1: XLA compiles the
   block once instead of N - 1 times. `scanned_to_unrolled` / `unrolled_to_scanned` map the
-  variables between the two layouts (flax_resnet/scan_layout.py).
+  variables between the two layouts (flax_resnet/scan_layout.py). `drop_path_rates` holds
+  each block's rate (empty: none); the scanned blocks receive theirs as the scan's input.
   """
 
   num_blocks: int
@@ -199,37 +253,49 @@ class Stage(nn.Module):
   strides: int
   block: Callable[..., nn.Module]
   scan_blocks: bool = False
+  drop_path_rates: Sequence[float] = ()
 
   @nn.compact
   def __call__(self, x):
+    rates = list(self.drop_path_rates) or [0.0] * self.num_blocks
     repeated = self.num_blocks - 1 if self.scan_blocks else 0
     for i in range(self.num_blocks - repeated):
       x = self.block(self.features, strides=self.strides if i == 0 else 1,
-                     name=f"block{i + 1}")(x)
+                     name=f"block{i + 1}")(x, rates[i])
     if repeated:
       block = self.block
       kwargs = {}
       if isinstance(block, functools.partial):
         block, kwargs = block.func, dict(block.keywords)
       scanned = nn.scan(_scan_step(block), variable_axes={"params": 0, "batch_stats": 0},
-                        split_rngs={"params": True}, length=repeated)
-      x, _ = scanned(self.features, strides=1, name=SCANNED_BLOCKS, **kwargs)(x, None)
+                        split_rngs={"params": True, "dropout": True}, length=repeated)
+      scanned_rates = jnp.asarray(rates[1:], jnp.float32) if any(rates[1:]) else None
+      x, _ = scanned(self.features, strides=1, name=SCANNED_BLOCKS, **kwargs)(x, scanned_rates)
     return x
 
 
 class ResNet(nn.Module):
   """A ResNet: stem, stages of residual (or plain) blocks, global average pool, classifier.
 
+  With pre-activation blocks (preact.py; their class attribute `preactivation` is True) the
+  stem ends on its convolution and a BN-ReLU follows the last stage ("final_bn"), as in
+  He et al. (ECCV 2016): every block then starts with the BN-ReLU that normalizes its input.
+
   Attributes:
     stage_sizes: blocks per stage, e.g. (3, 4, 6, 3) for ResNet-50.
-    block_cls: BasicBlock, BottleneckBlock or their Plain forms.
+    block_cls: BasicBlock, BottleneckBlock, their Plain forms, or preact.PreActBasicBlock,
+      preact.PreActBottleneckBlock.
     widths: base width of each stage (bottlenecks output 4x that).
-    stem: 'imagenet' (7x7/2 + max-pool) or 'cifar' (3x3).
+    stem: 'imagenet' (7x7/2 + max-pool), 'deep' (ResNet-C: three 3x3 + max-pool) or 'cifar'
+      (3x3); see `Stem`.
     num_classes: size of the classifier.
     shortcut: 'A', 'B' or 'C' (see `Shortcut`).
+    shortcut_downsample: how projection shortcuts downsample: 'stride' (the 1x1 conv's
+      stride, the paper) or 'avg_pool' (ResNet-D: 2x2 average pool, then a stride-1 1x1).
     stride_in_1x1: bottleneck downsampling on the first 1x1 (v1, paper) or the 3x3 (v1.5).
     zero_init_residual: start each block's last BN scale at zero, so blocks start as identities
-      (Goyal et al. 2017); the paper does not.
+      (Goyal et al. 2017); the paper does not. Pre-activation blocks, which end on a
+      convolution, start its kernel at zero instead.
     padding: 'symmetric' (torchvision/Caffe) or 'same' (XLA SAME).
     dtype: compute dtype (e.g. jnp.bfloat16); parameters and logits stay float32.
     axis_name: mapped axis over which BatchNorm averages its batch statistics (synchronized BN).
@@ -241,6 +307,11 @@ class ResNet(nn.Module):
     conv: the convolution module (nn.Conv's signature) of every layer, and act: the
       activation. They let a backend substitute an equivalent formulation that it runs
       faster (flax_resnet.cpu.model_overrides) without changing the network.
+    drop_path_rate: stochastic depth: the last block's residual branch is dropped with this
+      probability in training, earlier blocks' with linearly smaller ones down to 0 at the
+      first (`drop_path_rates`, `DropPath`). Above 0, training needs the 'dropout' rng:
+      `model.apply(variables, x, train=True, mutable=['batch_stats'],
+      rngs={'dropout': key})`; evaluation (train=False) is deterministic and needs none.
   """
 
   stage_sizes: Sequence[int]
@@ -259,6 +330,8 @@ class ResNet(nn.Module):
   scan_blocks: bool = False
   conv: ModuleDef = nn.Conv
   act: Callable = nn.relu
+  shortcut_downsample: str = "stride"
+  drop_path_rate: float = 0.0
 
   def _check_fields(self):
     """Called at the top of __call__: a field out of range fails with its name."""
@@ -270,6 +343,14 @@ class ResNet(nn.Module):
                        f"{SHORTCUT_OPTIONS}")
     if self.padding not in PADDING_MODES:
       raise ValueError(f"unknown padding {self.padding!r}; use one of {PADDING_MODES}")
+    if self.shortcut_downsample not in SHORTCUT_DOWNSAMPLES:
+      raise ValueError(f"unknown shortcut_downsample {self.shortcut_downsample!r}; use one "
+                       f"of {SHORTCUT_DOWNSAMPLES}")
+    if not 0 <= self.drop_path_rate <= 1:
+      raise ValueError(f"drop_path_rate must be in [0, 1], not {self.drop_path_rate}")
+    if self.drop_path_rate and not self.block_cls.residual:
+      raise ValueError(f"drop_path_rate needs residual blocks; {self.block_cls.__name__} "
+                       "has no shortcut to fall back on")
 
   @nn.compact
   def __call__(self, x, train: bool = False, return_features: bool = False):
@@ -280,21 +361,27 @@ class ResNet(nn.Module):
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                              momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                              dtype=self.dtype, axis_name=self.axis_name)
-    block_kwargs = dict(shortcut=self.shortcut, conv=conv, norm=norm, act=self.act,
-                        padding=self.padding, zero_init_last_bn=self.zero_init_residual)
-    if issubclass(self.block_cls, BottleneckBlock):
+    block_kwargs = dict(shortcut=self.shortcut, shortcut_downsample=self.shortcut_downsample,
+                        conv=conv, norm=norm, act=self.act, padding=self.padding,
+                        zero_init_last_bn=self.zero_init_residual, deterministic=not train)
+    if "stride_in_1x1" in self.block_cls.__dataclass_fields__:  # bottlenecks
       block_kwargs["stride_in_1x1"] = self.stride_in_1x1
     block = functools.partial(self.block_cls, **block_kwargs)
+    preactivation = getattr(self.block_cls, "preactivation", False)
+    rates = drop_path_rates(self.drop_path_rate, self.stage_sizes)
 
     features = {}
     x = jnp.asarray(x, self.dtype)
     x = Stem(self.widths[0], self.stem, conv=conv, norm=norm, act=self.act,
-             padding=self.padding, name="stem")(x)
+             padding=self.padding, normalize_output=not preactivation, name="stem")(x)
     features["stem"] = x
     for i, (num_blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
       x = Stage(num_blocks, width, strides=1 if i == 0 else 2, block=block,
-                scan_blocks=self.scan_blocks, name=f"stage{i + 1}")(x)
+                scan_blocks=self.scan_blocks, drop_path_rates=rates[i],
+                name=f"stage{i + 1}")(x)
       features[f"stage{i + 1}"] = x
+    if preactivation:  # the last block ends on a convolution (and its sum with the shortcut)
+      x = self.act(norm(name="final_bn")(x))
     x = jnp.mean(x, axis=(1, 2))
     features["pooled"] = x
     x = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
@@ -303,68 +390,3 @@ class ResNet(nn.Module):
       features["logits"] = logits
       return features
     return logits
-
-
-# --- Named networks -------------------------------------------------------------------------
-
-_IMAGENET = dict(stem="imagenet", widths=(64, 128, 256, 512), num_classes=1000, shortcut="B")
-# CIFAR nets (paper section 4.2): 6n+2 layers, 16/32/64 filters, option A shortcuts.
-_CIFAR = dict(stem="cifar", widths=(16, 32, 64), num_classes=10, shortcut="A")
-
-# name -> (default keyword arguments of ResNet)
-MODEL_SPECS: dict[str, dict[str, Any]] = {
-    "resnet18": dict(_IMAGENET, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock),
-    "resnet34": dict(_IMAGENET, stage_sizes=(3, 4, 6, 3), block_cls=BasicBlock),
-    "resnet50": dict(_IMAGENET, stage_sizes=(3, 4, 6, 3), block_cls=BottleneckBlock),
-    "resnet101": dict(_IMAGENET, stage_sizes=(3, 4, 23, 3), block_cls=BottleneckBlock),
-    "resnet152": dict(_IMAGENET, stage_sizes=(3, 8, 36, 3), block_cls=BottleneckBlock),
-    "resnet200": dict(_IMAGENET, stage_sizes=(3, 24, 36, 3), block_cls=BottleneckBlock),
-    "plain18": dict(_IMAGENET, stage_sizes=(2, 2, 2, 2), block_cls=PlainBasicBlock),
-    "plain34": dict(_IMAGENET, stage_sizes=(3, 4, 6, 3), block_cls=PlainBasicBlock),
-}
-for _n in (3, 5, 7, 9, 18, 200):
-  MODEL_SPECS[f"cifar_resnet{6 * _n + 2}"] = dict(_CIFAR, stage_sizes=(_n,) * 3,
-                                                   block_cls=BasicBlock)
-for _n in (3, 5, 7, 9, 18):
-  MODEL_SPECS[f"cifar_plain{6 * _n + 2}"] = dict(_CIFAR, stage_sizes=(_n,) * 3,
-                                                  block_cls=PlainBasicBlock)
-
-
-def model_names() -> list[str]:
-  """Every name `create_model` accepts."""
-  return list(MODEL_SPECS)
-
-
-def create_model(name: str, **overrides) -> ResNet:
-  """The network called `name` (see `model_names()`), with any ResNet field overridden.
-
-  >>> model = create_model('resnet50', num_classes=10, dtype=jnp.bfloat16)
-  """
-  try:
-    spec = MODEL_SPECS[name]
-  except KeyError:
-    raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODEL_SPECS)}") from None
-  fields = set(ResNet.__dataclass_fields__) - {"parent", "name"}
-  unknown = sorted(set(overrides) - fields)
-  if unknown:
-    raise ValueError(f"unknown ResNet field(s) {unknown} for model {name!r}; "
-                     f"valid fields: {sorted(fields)}")
-  return ResNet(**{**spec, **overrides})
-
-
-def _constructor(name: str):
-  def make(**overrides) -> ResNet:
-    return create_model(name, **overrides)
-  make.__name__ = make.__qualname__ = name.replace("resnet", "ResNet").replace(
-      "plain", "Plain").replace("cifar_", "Cifar")
-  make.__doc__ = f"create_model({name!r}, **overrides): {MODEL_SPECS[name]['stage_sizes']} blocks."
-  return make
-
-
-ResNet18, ResNet34, ResNet50, ResNet101, ResNet152, ResNet200 = (
-    _constructor(f"resnet{d}") for d in (18, 34, 50, 101, 152, 200))
-Plain18, Plain34 = (_constructor(f"plain{d}") for d in (18, 34))
-(CifarResNet20, CifarResNet32, CifarResNet44, CifarResNet56, CifarResNet110,
- CifarResNet1202) = (_constructor(f"cifar_resnet{d}") for d in (20, 32, 44, 56, 110, 1202))
-CifarPlain20, CifarPlain32, CifarPlain44, CifarPlain56, CifarPlain110 = (
-    _constructor(f"cifar_plain{d}") for d in (20, 32, 44, 56, 110))

@@ -10,6 +10,8 @@ import flax_resnet
 from flax_resnet import count_macs, count_params, create_model, summary
 from flax_resnet.summary import layers
 from flax_resnet.models import BasicBlock, BottleneckBlock, Shortcut
+from flax_resnet.preact import PreActBasicBlock, PreActBottleneckBlock
+from flax_resnet.stochastic_depth import DropPath, drop_path_rates
 
 # torchvision's parameter counts (option B shortcuts, 1000 classes).
 IMAGENET_PARAMS = {
@@ -112,7 +114,8 @@ def test_every_named_constructor_is_exported():
     model = getattr(flax_resnet, name)()
     assert isinstance(model, flax_resnet.ResNet)
   assert flax_resnet.ResNet50().stage_sizes == (3, 4, 6, 3)
-  assert len(flax_resnet.model_names()) == 19
+  # 19 of the 2016 paper, 6 ResNet-D, 6 ImageNet and 7 CIFAR pre-activation nets
+  assert len(flax_resnet.model_names()) == 38
 
 
 @pytest.fixture(scope="module")
@@ -209,3 +212,204 @@ def test_summary_prints_totals():
   assert "stage4/block2/conv2" in text
   assert "11,689,512 parameters" in text
   assert "1.814 G multiply-adds" in text
+
+
+# --- Beyond the 2016 paper: ResNet-D, pre-activation, stochastic depth ----------------------
+
+# timm 1.0.31's parameter counts: resnet*d (ResNet-D) and the BatchNorm pre-activation
+# resnetv2_* (timm has no resnetv2_200).
+TIMM_PARAMS = {
+    "resnet18d": 11_708_744,
+    "resnet34d": 21_816_904,
+    "resnet50d": 25_576_264,
+    "resnet101d": 44_568_392,
+    "resnet152d": 60_212_040,
+    "resnet200d": 64_693_064,
+    "preact_resnet18": 11_687_720,   # resnetv2_18
+    "preact_resnet34": 21_795_880,
+    "preact_resnet50": 25_549_352,
+    "preact_resnet101": 44_541_480,
+    "preact_resnet152": 60_185_128,
+}
+
+
+@pytest.mark.parametrize("name,expected", TIMM_PARAMS.items())
+def test_resnet_d_and_preact_parameter_counts_equal_timm(name, expected):
+  assert count_params(create_model(name)) == expected
+
+
+# "Identity Mappings" (He et al. 2016), Tables 3-4: ResNet-110 (basic blocks), 164 and 1001
+# (bottlenecks) on CIFAR. Its figures are within 2% of ours; without BatchNorm's parameters
+# ResNet-1001 has 10.18M.
+@pytest.mark.parametrize("name,expected", [
+    ("preact_resnet110", 1.7e6), ("preact_resnet164", 1.7e6), ("preact_resnet1001", 10.2e6)])
+def test_preact_cifar_parameter_counts_match_paper(name, expected):
+  assert count_params(create_model(name), CIFAR) == pytest.approx(expected, rel=0.02)
+
+
+def test_preact_cifar_basic_nets_have_the_2016_cifar_nets_parameters():
+  """BN moves, none is added: the stem's becomes the first block's bn1, each block's bn2
+  the next one's bn1, and the last block's the final BN."""
+  for depth in (20, 56):
+    preact = count_params(create_model(f"preact_resnet{depth}"), CIFAR)
+    assert preact == count_params(create_model(f"cifar_resnet{depth}"), CIFAR)
+
+
+@pytest.mark.parametrize("name,overrides,size", [
+    ("resnet18d", dict(widths=(8, 8, 16, 16)), 57),
+    ("resnet50d", dict(widths=(8, 8, 16, 16), stage_sizes=(1, 2, 1, 1)), 64),
+    ("preact_resnet18", dict(widths=(8, 8, 16, 16)), 57),
+    ("preact_resnet50", dict(widths=(8, 8, 16, 16), stage_sizes=(1, 2, 1, 1)), 64),
+    ("preact_resnet20", dict(), 32),
+    ("preact_resnet164", dict(stage_sizes=(2, 2, 2)), 32),
+])
+def test_forward_pass_of_each_new_family(name, overrides, size):
+  model = create_model(name, num_classes=7, drop_path_rate=0.2, **overrides)
+  x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
+  variables = model.init(jax.random.key(1), x)
+  logits = model.apply(variables, x)
+  assert logits.shape == (2, 7) and np.isfinite(logits).all()
+  train_logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"],
+                                      rngs={"dropout": jax.random.key(2)})
+  assert train_logits.shape == (2, 7) and np.isfinite(train_logits).all()
+  assert updates["batch_stats"].keys() == variables["batch_stats"].keys()
+
+
+def test_deep_stem_shapes():
+  rows = {l.path: l for l in layers(create_model("resnet50d"))}
+  assert rows["stem/conv1"].output_shape == (1, 112, 112, 32)
+  assert rows["stem/conv2"].output_shape == (1, 112, 112, 32)
+  assert rows["stem/conv3"].output_shape == (1, 112, 112, 64)
+  assert rows["stem/bn3"].output_shape == (1, 112, 112, 64)
+  assert rows["stage1/block1/conv1"].output_shape == (1, 56, 56, 64)
+  assert "stem/conv" not in rows
+
+
+@pytest.mark.parametrize("size", [8, 7])
+def test_avg_pool_shortcut_pools_2x2_before_a_stride_1_projection(size):
+  """ResNet-D's shortcut averages each 2x2 window (an odd input's last row and column on
+  their own, as PyTorch's ceil_mode=True, count_include_pad=False) and then projects."""
+  x = jax.random.normal(jax.random.key(0), (2, size, size, 4))
+  shortcut = Shortcut(6, 2, "B", nn.Conv, None, downsample="avg_pool")
+  variables = shortcut.init(jax.random.key(1), x)
+  kernel = variables["params"]["conv"]["kernel"][0, 0]  # (in, out)
+  out = (size + 1) // 2
+  pooled = np.zeros((2, out, out, 4), np.float32)
+  for i in range(out):
+    for j in range(out):
+      pooled[:, i, j] = np.asarray(x)[:, 2 * i:2 * i + 2, 2 * j:2 * j + 2].mean(axis=(1, 2))
+  np.testing.assert_allclose(shortcut.apply(variables, x), pooled @ np.asarray(kernel),
+                             rtol=1e-5, atol=1e-5)
+  strided = Shortcut(6, 2, "B", nn.Conv, None).apply(variables, x)
+  assert strided.shape == (2, out, out, 6)
+
+
+def test_resnet_d_differs_from_resnet_only_in_stem_and_shortcut_pooling():
+  def params(name):
+    return jax.eval_shape(lambda: create_model(name).init(
+        jax.random.key(0), jnp.zeros((1, 64, 64, 3))))["params"]
+  plain, d = params("resnet50"), params("resnet50d")
+  assert set(plain) == set(d)
+  for stage in ("stage1", "stage2", "stage3", "stage4"):
+    assert (jax.tree.map(lambda a: a.shape, plain[stage])
+            == jax.tree.map(lambda a: a.shape, d[stage]))
+  assert set(d["stem"]) == {"conv1", "bn1", "conv2", "bn2", "conv3", "bn3"}
+
+
+def test_preact_layout_stem_without_bn_clean_shortcuts_and_final_bn():
+  params = jax.eval_shape(lambda: create_model("preact_resnet50").init(
+      jax.random.key(0), jnp.zeros((1, 64, 64, 3))))["params"]
+  assert set(params["stem"]) == {"conv"}  # the first block's bn1 normalizes the stem
+  assert "final_bn" in params
+  block = params["stage2"]["block1"]
+  assert set(block["shortcut"]) == {"conv"}  # the projection has no BN of its own
+  assert block["bn1"]["scale"].shape == (256,)  # bn1 normalizes the block's input
+  assert "shortcut" not in params["stage2"]["block2"]
+  basic = jax.eval_shape(lambda: create_model("preact_resnet18").init(
+      jax.random.key(0), jnp.zeros((1, 64, 64, 3))))["params"]
+  assert "shortcut" not in basic["stage1"]["block1"]  # same shape: the identity
+
+
+@pytest.mark.parametrize("block_cls,features", [(PreActBasicBlock, 16),
+                                                (PreActBottleneckBlock, 4)])
+def test_preact_block_is_exactly_the_identity_when_its_last_conv_is_zero(block_cls, features):
+  """Nothing follows the addition: a zero residual branch passes x through unchanged,
+  negative values included (a post-activation block would clip them with its ReLU)."""
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 16))
+  block = block_cls(features, zero_init_last_bn=True,
+                    norm=lambda **kw: nn.BatchNorm(use_running_average=False, **kw))
+  variables = block.init(jax.random.key(1), x)
+  y, _ = block.apply(variables, x, mutable=["batch_stats"])
+  np.testing.assert_array_equal(y, x)
+
+
+def test_drop_path_scales_survivors_in_training_and_is_the_identity_at_eval():
+  y = jnp.ones((4000, 3, 3, 2))
+  out = DropPath(deterministic=False).apply({}, y, 0.25, rngs={"dropout": jax.random.key(0)})
+  per_example = np.asarray(out).reshape(4000, -1)
+  # each example's branch is kept whole (scaled by 1 / (1 - 0.25)) or dropped whole
+  assert set(np.unique(per_example)) <= {0.0, np.float32(1 / 0.75)}
+  assert (per_example == per_example[:, :1]).all()
+  assert np.mean(per_example[:, 0] == 0) == pytest.approx(0.25, abs=0.03)
+  assert float(out.mean()) == pytest.approx(1.0, abs=0.05)  # the expectation is unchanged
+  np.testing.assert_array_equal(DropPath(deterministic=True).apply({}, y, 0.25), y)
+  np.testing.assert_array_equal(DropPath(deterministic=False).apply({}, y, 0.0), y)  # no rng
+  dropped = DropPath(deterministic=False).apply({}, y, 1.0, rngs={"dropout": jax.random.key(0)})
+  np.testing.assert_array_equal(dropped, 0)
+
+
+def test_drop_path_rates_rise_linearly_over_all_blocks():
+  rates = drop_path_rates(0.3, (2, 3))
+  np.testing.assert_allclose(sum(rates, []), [0.0, 0.075, 0.15, 0.225, 0.3])
+  assert [len(r) for r in rates] == [2, 3]
+  assert drop_path_rates(0.3, (1,)) == [[0.0]]
+
+
+@pytest.mark.parametrize("scan_blocks", [False, True])
+def test_each_block_receives_its_drop_path_rate(scan_blocks):
+  model = create_model("preact_resnet20", widths=(4, 4, 4), stage_sizes=(2, 3, 2),
+                       drop_path_rate=0.6, scan_blocks=scan_blocks)
+  x = jnp.ones((2, 16, 16, 3))
+  variables = model.init(jax.random.key(0), x)
+  seen = []
+
+  def record(next_fun, args, kwargs, context):
+    if isinstance(context.module, DropPath):  # the rate, when the step runs (scanned: traced)
+      jax.debug.callback(lambda rate: seen.append(float(rate)), args[1])
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    jax.block_until_ready(model.apply(variables, x, train=True, mutable=["batch_stats"],
+                                      rngs={"dropout": jax.random.key(1)}))
+  np.testing.assert_allclose(sorted(seen), sum(drop_path_rates(0.6, (2, 3, 2)), []),
+                             rtol=1e-6)
+
+
+def test_drop_path_needs_the_dropout_rng_in_training_only():
+  model = create_model("preact_resnet20", widths=(4, 4, 4), drop_path_rate=0.5)
+  reference = create_model("preact_resnet20", widths=(4, 4, 4))
+  x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+  variables = reference.init(jax.random.key(0), x)
+  np.testing.assert_array_equal(model.apply(variables, x), reference.apply(variables, x))
+  with pytest.raises(Exception, match="dropout"):
+    model.apply(variables, x, train=True, mutable=["batch_stats"])
+  a, _ = model.apply(variables, x, train=True, mutable=["batch_stats"],
+                     rngs={"dropout": jax.random.key(1)})
+  b, _ = reference.apply(variables, x, train=True, mutable=["batch_stats"])
+  assert not np.allclose(a, b)
+
+
+def test_new_fields_are_checked():
+  with pytest.raises(ValueError, match="drop_path_rate needs residual blocks"):
+    create_model("plain18", drop_path_rate=0.1).init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))
+  with pytest.raises(ValueError, match="unknown shortcut_downsample"):
+    create_model("resnet18", shortcut_downsample="pool").init(
+        jax.random.key(0), jnp.ones((1, 32, 32, 3)))
+  with pytest.raises(ValueError, match="unknown stem 'deeper'"):
+    create_model("resnet18", stem="deeper").init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))
+
+
+def test_summary_of_a_preact_net():
+  text = summary(create_model("preact_resnet50"))
+  assert "final_bn" in text and "stage4/block3/shortcut" not in text
+  assert "25,549,352 parameters" in text
