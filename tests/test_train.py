@@ -378,3 +378,26 @@ def test_half_precision_step(dtype):
     skipped = jax.device_get(skipped)
     jax.tree.map(np.testing.assert_array_equal, skipped.params, state.params)
     assert float(skipped.dynamic_scale.scale) == 2.0**59
+
+
+def test_train_and_evaluate_from_a_notebook_outside_the_repository(tmp_path,
+                                                                  fashion_mnist_data_dir):
+  """The README's notebook use: the packaged default config plus a few overrides, from any
+  directory (no configs/ on the path), after the package is installed."""
+  code = f"""
+import os, sys
+assert not os.path.exists("configs")
+import flax_resnet
+config = flax_resnet.default_config()
+config.update(model="cifar_resnet20", shortcut="A", dataset="fashion_mnist", batch_size=64,
+              num_train_steps=4, log_every_steps=2, eval_examples=500, plot=False,
+              data_dir={fashion_mnist_data_dir!r}, widths=(8, 16, 16))
+result = flax_resnet.train_and_evaluate(config, "run")
+print("RESULT", result["steps"], result["eval_examples"], 0 <= result["eval_accuracy"] <= 1)
+"""
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "RESULT 4 500 True" in result.stdout
+  assert (tmp_path / "run" / "metrics.jsonl").exists()
