@@ -107,12 +107,11 @@ class Shortcut(nn.Module):
     return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, extra)))
 
 
-class BasicBlock(nn.Module):
-  """3x3 -> 3x3 residual block (ResNet-18/34 and the CIFAR nets).
-
-  Blocks are called as `block(x, drop_path_rate)`: the rate at which `DropPath` drops this
-  block's residual branch in training (`deterministic=False`).
-  """
+class Block(nn.Module):
+  """What every residual block is given: its output width (`features`, before a
+  bottleneck's expansion), stride, shortcut option and the layers it is built of. Blocks are
+  called as `block(x, drop_path_rate)`: the rate at which `DropPath` drops the block's
+  residual branch in training (`deterministic=False`)."""
 
   features: int
   strides: int = 1
@@ -124,6 +123,11 @@ class BasicBlock(nn.Module):
   padding: str = "symmetric"
   zero_init_last_bn: bool = False
   deterministic: bool = True
+
+
+class BasicBlock(Block):
+  """3x3 -> 3x3 residual block (ResNet-18/34 and the CIFAR nets)."""
+
   residual = True
   expansion = 1
 
@@ -141,24 +145,14 @@ class BasicBlock(nn.Module):
     return self.act(y)
 
 
-class BottleneckBlock(nn.Module):
+class BottleneckBlock(Block):
   """1x1 (reduce) -> 3x3 -> 1x1 (expand x4) residual block (ResNet-50 and deeper).
 
   `stride_in_1x1=True` strides the first 1x1 as the paper does ("v1"); False strides the
   3x3 as torchvision, Flax's example and MLPerf do ("v1.5": more FLOPs, ~0.5% better top-1).
   """
 
-  features: int
-  strides: int = 1
-  shortcut: str = "B"
-  shortcut_downsample: str = "stride"
-  conv: Callable[..., nn.Module] = nn.Conv
-  norm: Callable[..., nn.Module] = nn.BatchNorm
-  act: Callable = nn.relu
-  padding: str = "symmetric"
-  zero_init_last_bn: bool = False
   stride_in_1x1: bool = False
-  deterministic: bool = True
   residual = True
   expansion = 4
 

@@ -25,7 +25,7 @@ from typing import Callable
 import flax.linen as nn
 import jax
 
-from flax_resnet.models import Shortcut, _padding
+from flax_resnet.models import Block, Shortcut, _padding
 from flax_resnet.stochastic_depth import DropPath
 
 
@@ -43,19 +43,9 @@ def _shortcut(block, x, x_preact, features: int):
                   downsample=block.shortcut_downsample, name="shortcut")(x_preact)
 
 
-class PreActBasicBlock(nn.Module):
+class PreActBasicBlock(Block):
   """BN-ReLU-3x3, BN-ReLU-3x3, added to x (the paper's Fig. 4(e), with basic blocks)."""
 
-  features: int
-  strides: int = 1
-  shortcut: str = "B"
-  shortcut_downsample: str = "stride"
-  conv: Callable[..., nn.Module] = nn.Conv
-  norm: Callable[..., nn.Module] = nn.BatchNorm
-  act: Callable = nn.relu
-  padding: str = "symmetric"
-  zero_init_last_bn: bool = False
-  deterministic: bool = True
   residual = True
   preactivation = True
   expansion = 1
@@ -73,24 +63,14 @@ class PreActBasicBlock(nn.Module):
             + _shortcut(self, x, x_preact, self.features))
 
 
-class PreActBottleneckBlock(nn.Module):
+class PreActBottleneckBlock(Block):
   """BN-ReLU-1x1 (reduce), BN-ReLU-3x3, BN-ReLU-1x1 (expand x4), added to x (Fig. 4(e)).
 
   `stride_in_1x1` as in models.BottleneckBlock: the paper's code strides the first 1x1,
   timm (the default here) the 3x3.
   """
 
-  features: int
-  strides: int = 1
-  shortcut: str = "B"
-  shortcut_downsample: str = "stride"
-  conv: Callable[..., nn.Module] = nn.Conv
-  norm: Callable[..., nn.Module] = nn.BatchNorm
-  act: Callable = nn.relu
-  padding: str = "symmetric"
-  zero_init_last_bn: bool = False
   stride_in_1x1: bool = False
-  deterministic: bool = True
   residual = True
   preactivation = True
   expansion = 4

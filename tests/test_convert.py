@@ -204,6 +204,18 @@ def torch_reference_logits(state, images_nchw, stage_sizes, bottleneck):
   return F.linear(x.mean(dim=(2, 3)), t["fc.weight"], t["fc.bias"]).numpy()
 
 
+def randomize_batch_norm(torch, reference):
+  """Moves a PyTorch model's BatchNorm layers away from their identity initialization, so
+  that a conversion that mixed up their four arrays would show in the logits."""
+  with torch.no_grad():
+    for module in reference.modules():
+      if isinstance(module, torch.nn.BatchNorm2d):
+        module.weight.uniform_(0.5, 1.5)
+        module.bias.normal_(0, 0.1)
+        module.running_mean.normal_(0, 0.1)
+        module.running_var.uniform_(0.5, 1.5)
+
+
 def flax_logits(model, variables, images_nchw):
   # Full float32 matmuls and convolutions also on GPUs, whose default may be TF32.
   with jax.default_matmul_precision("highest"):
@@ -237,13 +249,7 @@ def test_logits_match_torchvision(name):
   torchvision = pytest.importorskip("torchvision")
   torch.manual_seed(0)
   reference = getattr(torchvision.models, name)(weights=None).eval()
-  with torch.no_grad():  # BatchNorm away from its identity initialization
-    for module in reference.modules():
-      if isinstance(module, torch.nn.BatchNorm2d):
-        module.weight.uniform_(0.5, 1.5)
-        module.bias.normal_(0, 0.1)
-        module.running_mean.normal_(0, 0.1)
-        module.running_var.uniform_(0.5, 1.5)
+  randomize_batch_norm(torch, reference)
   model, variables = from_torchvision(reference.state_dict(), name)
   rng = np.random.default_rng(3)
   for size in (224, 97):

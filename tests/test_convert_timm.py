@@ -9,7 +9,8 @@ import pytest
 
 from flax_resnet import create_model
 from flax_resnet.convert_timm import TIMM_MODELS, from_timm, timm_models, to_timm
-from test_convert import assert_trees_equal, flax_logits, random_variables
+from test_convert import (assert_trees_equal, flax_logits, random_variables,
+                          randomize_batch_norm)
 
 
 def test_timm_names_map_onto_our_models():
@@ -151,13 +152,7 @@ def test_logits_match_timm(timm_name):
   timm = pytest.importorskip("timm")
   torch.manual_seed(0)
   reference = timm.create_model(timm_name, pretrained=False).eval()
-  with torch.no_grad():  # BatchNorm away from its identity initialization
-    for module in reference.modules():
-      if isinstance(module, torch.nn.BatchNorm2d):
-        module.weight.uniform_(0.5, 1.5)
-        module.bias.normal_(0, 0.1)
-        module.running_mean.normal_(0, 0.1)
-        module.running_var.uniform_(0.5, 1.5)
+  randomize_batch_norm(torch, reference)
   model, variables = from_timm(reference.state_dict(), timm_name)
   rng = np.random.default_rng(3)
   # 97 is odd at every stride: it checks the rounding of each strided output size and the
