@@ -272,7 +272,7 @@ def test_train_py_resumes_bit_identically_with_the_tricks_on(tmp_path, fashion_m
   result = run_train(whole, fashion_mnist_data_dir, *TRICKS, "--config.num_train_steps=6",
                      devices=2)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "EMA accuracy" in result.stdout
+  assert "EMA accuracy" in result.stdout and "(EMA weights: " in result.stdout
   assert "ema_eval_accuracy" in records(whole)[-1]
   shutil.copytree(whole / "checkpoints" / "3", parts / "checkpoints" / "3")
   result = run_train(parts, fashion_mnist_data_dir, *TRICKS, "--config.num_train_steps=6",
