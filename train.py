@@ -66,7 +66,10 @@ def final_line(result: dict) -> str:
             f"{last}")
   if "eval_accuracy" not in result:
     return f"final: {result['steps']} steps, no evaluation"
-  return f"final: eval accuracy {result['eval_accuracy']:.4f} after {result['steps']} steps"
+  ema = (f" (EMA weights: {result['ema_eval_accuracy']:.4f})"
+         if "ema_eval_accuracy" in result else "")
+  return (f"final: eval accuracy {result['eval_accuracy']:.4f}{ema} after {result['steps']} "
+          "steps")
 
 
 def main(argv):

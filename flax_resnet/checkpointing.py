@@ -48,12 +48,14 @@ class Checkpointer:
   def restore_latest(self, abstract_state, check_meta=None):
     """The newest readable checkpoint as (state, meta), or None where there is none.
 
-    `abstract_state` gives the structure, shapes, dtypes and shardings to restore into.
+    `abstract_state` gives the structure, shapes, dtypes and shardings to restore into; it
+    may be a function of the checkpoint's meta, for states whose structure the saving run's
+    config decided (an EMA kept or not).
     `check_meta(meta)` may raise CheckpointError when a checkpoint belongs to another
     experiment; that stops the run. A checkpoint that cannot be read (truncated, corrupt)
     is reported and the next older one is tried; nothing is deleted.
     """
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+    target_for = abstract_state if callable(abstract_state) else lambda meta: abstract_state
     failures = []
     for step in reversed(self.all_steps()):
       try:
@@ -65,7 +67,8 @@ class Checkpointer:
         check_meta(meta)
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target)))
+            state=ocp.args.StandardRestore(
+                jax.tree.map(ocp.utils.to_shape_dtype_struct, target_for(meta)))))
       except (ValueError, KeyError) as e:
         if _is_structure_mismatch(e):
           raise CheckpointError(

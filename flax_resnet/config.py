@@ -97,6 +97,12 @@ def default_config() -> ml_collections.ConfigDict:
   config.weight_decay = 1e-4
   config.weight_decay_on = "kernels"    # conv and dense kernels | 'all' parameters
   config.label_smoothing = 0.0
+  # The tricks of modern recipes, all off by default (flax_resnet/mixing.py, step.py).
+  config.drop_path_rate = 0.0           # stochastic depth: the last block's drop rate
+  config.ema_decay = 0.0                # > 0: keep and evaluate an EMA of the weights
+  config.mixup_alpha = 0.0              # > 0: mixup, lambda ~ Beta(alpha, alpha) per batch
+  config.cutmix_alpha = 0.0             # > 0: CutMix, lambda ~ Beta(alpha, alpha) per batch
+  config.mixup_switch_prob = 0.5        # both on: the probability of CutMix for a batch
   config.half_precision = False         # compute in half_precision_dtype, parameters float32
   config.half_precision_dtype = "bfloat16"  # 'float16' adds dynamic loss scaling
 
@@ -132,6 +138,11 @@ _RANGES = {
     "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "weight_decay": (lambda v: v >= 0, ">= 0"),
     "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "drop_path_rate": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "ema_decay": (lambda v: 0 <= v < 1, "in [0, 1) (0: no EMA)"),
+    "mixup_alpha": (lambda v: v >= 0, ">= 0 (0: no mixup)"),
+    "cutmix_alpha": (lambda v: v >= 0, ">= 0 (0: no CutMix)"),
+    "mixup_switch_prob": (lambda v: 0 <= v <= 1, "a probability, in [0, 1]"),
     "random_erasing": (lambda v: 0 <= v <= 1, "a probability per image, in [0, 1]"),
     "crop_padding": (lambda v: v is None or v >= 0, ">= 0 (or None for the dataset's own)"),
     "eval_examples": (lambda v: v >= 0, ">= 0 (0: the whole eval split)"),
@@ -183,5 +194,8 @@ def check_config(config) -> None:
       and config.dataset in ("imagenet2012", "image_folder")):
     raise ConfigError("config.eval_flip and config.imagenet_eval_crop='ten_crop' do not combine: "
                       "the ten crops already include the mirrored ones; set one of them")
+  if config.drop_path_rate and not registry.MODEL_SPECS[config.model]["block_cls"].residual:
+    raise ConfigError(f"config.drop_path_rate drops residual branches; {config.model} has no "
+                      "shortcuts: set it to 0 or choose a residual model")
   if config.num_train_steps <= 0 and config.num_epochs <= 0:
     raise ConfigError("set config.num_epochs or config.num_train_steps to a positive number")

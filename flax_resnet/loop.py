@@ -28,7 +28,7 @@ from flax_resnet.errors import CheckpointError, ConfigError, TrainingDiverged
 from flax_resnet.registry import MODEL_SPECS, create_model
 from flax_resnet.parallel import AXIS, DataParallel
 from flax_resnet.reporting import Reporter
-from flax_resnet.step import create_train_state, eval_step, train_step
+from flax_resnet.step import create_train_state, eval_step, train_step, with_ema
 
 
 def compute_dtype(config):
@@ -44,6 +44,7 @@ def build_model(config, num_classes: int):
   return create_model(config.model, num_classes=num_classes, shortcut=config.shortcut,
                       stride_in_1x1=config.stride_in_1x1,
                       zero_init_residual=config.zero_init_residual,
+                      drop_path_rate=config.drop_path_rate,
                       scan_blocks=config.scan_blocks, dtype=compute_dtype(config),
                       axis_name=AXIS, **widths, **cpu.model_overrides(config.scan_blocks))
 
@@ -117,21 +118,36 @@ def checkpoint_layout(model) -> tuple[Callable, Callable]:
   return identity, identity
 
 
+def saved_with_ema(meta: dict[str, Any]) -> bool:
+  """Whether the run that wrote a checkpoint kept an EMA of the weights (older runs: no)."""
+  return meta.get("config", {}).get("ema_decay", 0.0) > 0
+
+
 def restore_or_initialize(checkpointer: Checkpointer, make_state: Callable, seed: int,
                           to_checkpoint: Callable, from_checkpoint: Callable,
-                          parallel: DataParallel, check_meta: Callable):
+                          parallel: DataParallel, check_meta: Callable, ema: bool = False):
   """The state of the newest readable checkpoint, or a fresh one from `seed`, on the devices.
 
+  A checkpoint is restored in the structure its run saved; then an EMA is started at the
+  restored weights where `ema` is newly on, or dropped where it is now off.
   Returns (state, start_step)."""
   replicated = parallel.replicated_sharding()
-  abstract = jax.eval_shape(to_checkpoint, jax.eval_shape(make_state, jax.random.key(seed)))
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                          abstract)
-  restored = checkpointer.restore_latest(abstract, check_meta)
+  abstract = jax.eval_shape(make_state, jax.random.key(seed))
+  no_ema = abstract.replace(ema_params=None, ema_batch_stats=None)
+  abstracts = {False: no_ema, True: jax.eval_shape(with_ema, no_ema)}
+  abstracts = {k: jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+      jax.eval_shape(to_checkpoint, v)) for k, v in abstracts.items()}
+  restored = checkpointer.restore_latest(lambda meta: abstracts[saved_with_ema(meta)],
+                                         check_meta)
   if restored is None:
     state = jax.jit(make_state, out_shardings=replicated)(jax.random.key(seed))
   else:
     state = from_checkpoint(restored[0])
+    if ema and state.ema_params is None:
+      state = with_ema(state)
+    elif not ema:
+      state = state.replace(ema_params=None, ema_batch_stats=None)
   start_step = int(jax.device_get(state.step))
   return parallel.put_state(state), start_step
 
@@ -139,17 +155,21 @@ def restore_or_initialize(checkpointer: Checkpointer, make_state: Callable, seed
 # --- Evaluation and training metrics ---------------------------------------------------------
 
 def evaluate(p_eval: Callable, state, batches, parallel: DataParallel) -> dict[str, float]:
-  """Loss, top-1 and top-5 accuracy over every example of `batches` (padding masked out)."""
+  """Loss, top-1 and top-5 accuracy over every example of `batches` (padding masked out);
+  where the state holds an EMA, the EMA weights' too (ema_eval_loss, ...), from the same
+  pass over the data."""
   sums = None
   for batch in batches:
     out = p_eval(state, parallel.put_batch(batch))
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
   sums = parallel.get_metrics(sums)
   count = max(float(sums["count"]), 1.0)
-  return {"eval_loss": float(sums["loss"]) / count,
-          "eval_accuracy": float(sums["top1"]) / count,
-          "eval_top5_accuracy": float(sums["top5"]) / count,
-          "eval_examples": int(sums["count"])}
+  result = {}
+  for prefix in ("", "ema_") if "ema_loss" in sums else ("",):
+    result.update({f"{prefix}eval_loss": float(sums[prefix + "loss"]) / count,
+                   f"{prefix}eval_accuracy": float(sums[prefix + "top1"]) / count,
+                   f"{prefix}eval_top5_accuracy": float(sums[prefix + "top5"]) / count})
+  return {**result, "eval_examples": int(sums["count"])}
 
 
 class MetricsBuffer:
@@ -187,8 +207,10 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming there if it holds checkpoints).
 
   Returns the last evaluation's metrics (eval_accuracy, eval_top5_accuracy, eval_loss,
-  eval_examples) with `eval_step`, the step it was measured at, and `steps`, the step the run
-  ended at; `stopped_by` is 'SIGTERM' when a SIGTERM ended it before `num_train_steps`.
+  eval_examples; with config.ema_decay > 0 also the EMA weights' ema_eval_accuracy,
+  ema_eval_top5_accuracy, ema_eval_loss) with `eval_step`, the step it was measured at, and
+  `steps`, the step the run ended at; `stopped_by` is 'SIGTERM' when a SIGTERM ended it before
+  `num_train_steps`.
   """
   from flax_resnet.data import datasets, pipeline  # import TensorFlow: only when training
 
@@ -212,14 +234,15 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
   model = build_model(config, num_classes)
   make_state = functools.partial(
       create_train_state, model, tx, info.image_shape,
-      use_loss_scaling=config.half_precision and config.half_precision_dtype == "float16")
+      use_loss_scaling=config.half_precision and config.half_precision_dtype == "float16",
+      ema=config.ema_decay > 0)
   meta = run_identity(config, model, num_classes, info.image_shape)
   to_checkpoint, from_checkpoint = checkpoint_layout(model)
 
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
   state, start_step = restore_or_initialize(
       checkpointer, make_state, config.seed, to_checkpoint, from_checkpoint, parallel,
-      check_meta=lambda saved: check_same_run(saved, meta, workdir))
+      check_meta=lambda saved: check_same_run(saved, meta, workdir), ema=config.ema_decay > 0)
 
   reporter = Reporter(workdir, num_train_steps, config.batch_size, start_step)
   reporter.say(f"{config.model} on {config.dataset}: {num_train_steps} steps of "
@@ -229,14 +252,20 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
 
   p_train = parallel.map_step(functools.partial(
       train_step, model=model, tx=tx, learning_rate_fn=learning_rate_fn,
-      num_classes=num_classes, label_smoothing=config.label_smoothing))
+      num_classes=num_classes, label_smoothing=config.label_smoothing, seed=config.seed,
+      ema_decay=config.ema_decay, mixup_alpha=config.mixup_alpha,
+      cutmix_alpha=config.cutmix_alpha, mixup_switch_prob=config.mixup_switch_prob))
   p_eval = parallel.map_eval(functools.partial(eval_step, model=model, num_classes=num_classes))
   metrics = MetricsBuffer(parallel.get_metrics, checkpointer.directory)
 
   def run_evaluation(step: int) -> dict[str, Any]:
     result = evaluate(p_eval, state, pipeline.create_eval_iterator(config), parallel)
-    reporter.say(f"step {step}: eval accuracy {result['eval_accuracy']:.4f}, top-5 "
-                 f"{result['eval_top5_accuracy']:.4f}, loss {result['eval_loss']:.4f}")
+    line = (f"step {step}: eval accuracy {result['eval_accuracy']:.4f}, top-5 "
+            f"{result['eval_top5_accuracy']:.4f}, loss {result['eval_loss']:.4f}")
+    if "ema_eval_accuracy" in result:
+      line += (f"; EMA accuracy {result['ema_eval_accuracy']:.4f}, top-5 "
+               f"{result['ema_eval_top5_accuracy']:.4f}, loss {result['ema_eval_loss']:.4f}")
+    reporter.say(line)
     return {**result, "eval_step": step}
 
   def save(step: int) -> None:

@@ -18,12 +18,14 @@ import optax
 from flax import struct
 from flax.training import dynamic_scale as dynamic_scale_lib
 
+from flax_resnet import mixing
 from flax_resnet.parallel import AXIS
 
 
 class TrainState(struct.PyTreeNode):
   """Everything a resumed run needs; the data position is `step` (the input is a function of
-  (seed, step)), and there is no other randomness in training."""
+  (seed, step)), and so is every random draw of training (`step_rng`), so there is no rng
+  to keep."""
 
   step: jax.Array
   params: Any
@@ -31,38 +33,91 @@ class TrainState(struct.PyTreeNode):
   opt_state: Any
   # float16 only: the dynamic loss scale (None otherwise).
   dynamic_scale: dynamic_scale_lib.DynamicScale | None = None
+  # config.ema_decay > 0 only (None otherwise, so a state without EMA has the structure it
+  # always had): the exponential moving average of the parameters and, as timm's ModelEmaV2
+  # averages BatchNorm's buffers with the weights, of the BatchNorm statistics. The running
+  # statistics of the raw weights describe the raw network's activations, which move ahead
+  # of the averaged network's; their average lags as the averaged weights do.
+  ema_params: Any = None
+  ema_batch_stats: Any = None
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, image_shape,
-                       rng: jax.Array, use_loss_scaling: bool = False) -> TrainState:
+                       rng: jax.Array, use_loss_scaling: bool = False,
+                       ema: bool = False) -> TrainState:
   variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
   params = variables["params"]
-  return TrainState(
+  state = TrainState(
       step=jnp.zeros((), jnp.int32),
       params=params,
       batch_stats=variables.get("batch_stats", {}),
       opt_state=tx.init(params),
       dynamic_scale=dynamic_scale_lib.DynamicScale() if use_loss_scaling else None)
+  return with_ema(state) if ema else state
+
+
+def with_ema(state: TrainState) -> TrainState:
+  """`state` with its EMA started at its current weights (copies: the step donates buffers)."""
+  return state.replace(ema_params=jax.tree.map(jnp.copy, state.params),
+                       ema_batch_stats=jax.tree.map(jnp.copy, state.batch_stats))
+
+
+def ema_update(ema, new, decay: float):
+  """decay * ema + (1 - decay) * new, leaf by leaf: after k updates with the same `new`,
+  decay**k * ema + (1 - decay**k) * new."""
+  return jax.tree.map(lambda e, n: decay * e + (1.0 - decay) * n, ema, new)
+
+
+# The rng streams of training, folded into jax.random.key(seed); model init uses the key itself.
+_TRAIN_STREAM = 1
+
+
+def step_rng(seed: int, step: jax.Array) -> jax.Array:
+  """This device's key of training step `step`: a function of (seed, step, device index)
+  only, so a resumed run draws what an uninterrupted one drew. Call inside a mapped step."""
+  key = jax.random.fold_in(jax.random.key(seed), _TRAIN_STREAM)
+  return jax.random.fold_in(jax.random.fold_in(key, step), jax.lax.axis_index(AXIS))
+
+
+def soft_targets(labels, num_classes: int, label_smoothing: float = 0.0):
+  onehot = jax.nn.one_hot(labels, num_classes)
+  return optax.smooth_labels(onehot, label_smoothing) if label_smoothing else onehot
 
 
 def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0):
-  targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing) \
-      if label_smoothing else jax.nn.one_hot(labels, num_classes)
-  return optax.softmax_cross_entropy(logits, targets)
+  return optax.softmax_cross_entropy(logits, soft_targets(labels, num_classes, label_smoothing))
 
 
 def train_step(state: TrainState, batch, *, model: nn.Module, tx: optax.GradientTransformation,
-               learning_rate_fn: Callable, num_classes: int, label_smoothing: float = 0.0):
+               learning_rate_fn: Callable, num_classes: int, label_smoothing: float = 0.0,
+               seed: int = 0, ema_decay: float = 0.0, mixup_alpha: float = 0.0,
+               cutmix_alpha: float = 0.0, mixup_switch_prob: float = 0.5):
   """One SGD step on this device's shard; returns the new state and averaged metrics.
 
   `model` must have been created with `axis_name=AXIS`, so its BatchNorm statistics are the
-  statistics of the global batch (synchronized BN).
+  statistics of the global batch (synchronized BN). The step's randomness, stochastic depth's
+  masks (the 'dropout' stream) and mixup/CutMix, comes from `step_rng(seed, state.step)`;
+  each device mixes its own shard. Under mixing, train_accuracy counts the label with the
+  larger weight in each mixed example (`mixing.dominant_labels`). With `ema_decay` > 0 the
+  state must hold an EMA (`with_ema`), updated after the SGD step.
   """
+  dropout_key, mix_key = jax.random.split(step_rng(seed, state.step))
+  images, labels = batch["image"], batch["label"]
+  if mixup_alpha > 0 or cutmix_alpha > 0:
+    mixed = mixing.mix_batch(mix_key, images, labels, num_classes=num_classes,
+                             mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
+                             switch_prob=mixup_switch_prob, label_smoothing=label_smoothing)
+    images, targets = mixed.images, mixed.targets
+    accuracy_labels = mixing.dominant_labels(labels, mixed.perm, mixed.lam)
+  else:
+    targets = soft_targets(labels, num_classes, label_smoothing)
+    accuracy_labels = labels
 
   def loss_fn(params):
     logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
-                                  batch["image"], train=True, mutable=["batch_stats"])
-    loss = jnp.mean(cross_entropy(logits, batch["label"], num_classes, label_smoothing))
+                                  images, train=True, mutable=["batch_stats"],
+                                  rngs={"dropout": dropout_key})
+    loss = jnp.mean(optax.softmax_cross_entropy(logits, targets))
     return loss, (logits, updates["batch_stats"])
 
   if state.dynamic_scale is not None:
@@ -77,17 +132,24 @@ def train_step(state: TrainState, batch, *, model: nn.Module, tx: optax.Gradient
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                             batch_stats=batch_stats, opt_state=opt_state)
-  if state.dynamic_scale is not None:
-    keep = functools.partial(jnp.where, is_finite)
+  if ema_decay > 0:
     new_state = new_state.replace(
-        params=jax.tree.map(keep, new_state.params, state.params),
-        opt_state=jax.tree.map(keep, new_state.opt_state, state.opt_state),
-        batch_stats=jax.tree.map(keep, new_state.batch_stats, state.batch_stats),
+        ema_params=ema_update(state.ema_params, new_state.params, ema_decay),
+        ema_batch_stats=ema_update(state.ema_batch_stats, new_state.batch_stats, ema_decay))
+  if state.dynamic_scale is not None:
+    # A skipped step changes nothing but the step count and the loss scale, the EMA included.
+    keep = functools.partial(jax.tree.map, functools.partial(jnp.where, is_finite))
+    new_state = new_state.replace(
+        params=keep(new_state.params, state.params),
+        opt_state=keep(new_state.opt_state, state.opt_state),
+        batch_stats=keep(new_state.batch_stats, state.batch_stats),
+        ema_params=keep(new_state.ema_params, state.ema_params),
+        ema_batch_stats=keep(new_state.ema_batch_stats, state.ema_batch_stats),
         dynamic_scale=dynamic_scale)
 
   metrics = {
       "train_loss": loss,
-      "train_accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+      "train_accuracy": jnp.mean(jnp.argmax(logits, -1) == accuracy_labels),
   }
   metrics = jax.lax.pmean(metrics, AXIS)
   metrics["learning_rate"] = learning_rate_fn(state.step)
@@ -95,7 +157,8 @@ def train_step(state: TrainState, batch, *, model: nn.Module, tx: optax.Gradient
 
 
 def eval_step(state: TrainState, batch, *, model: nn.Module, num_classes: int):
-  """Sums of loss, top-1 and top-5 hits and real examples over all devices.
+  """Sums of loss, top-1 and top-5 hits and real examples over all devices; where the state
+  holds an EMA, the EMA weights' sums too, under 'ema_loss', 'ema_top1' and 'ema_top5'.
 
   Padding examples (mask 0) count nowhere, so the whole split is evaluated exactly once.
   Multi-view batches (B, V, H, W, C), ten crops or an image and its mirror, are scored
@@ -105,16 +168,20 @@ def eval_step(state: TrainState, batch, *, model: nn.Module, num_classes: int):
   views = images.shape[1] if images.ndim == 5 else 0
   if views:
     images = images.reshape((-1, *images.shape[2:]))
-  logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, images,
-                       train=False)
-  if views:
-    logits = logits.reshape((-1, views, logits.shape[-1])).mean(axis=1)
   labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
-  top5 = jax.lax.top_k(logits, min(5, num_classes))[1]
-  sums = {
-      "loss": jnp.sum(cross_entropy(logits, labels, num_classes) * mask),
-      "top1": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
-      "top5": jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) * mask),
-      "count": jnp.sum(mask),
-  }
-  return jax.lax.psum(sums, AXIS)
+
+  def sums(params, batch_stats, prefix=""):
+    logits = model.apply({"params": params, "batch_stats": batch_stats}, images, train=False)
+    if views:
+      logits = logits.reshape((-1, views, logits.shape[-1])).mean(axis=1)
+    top5 = jax.lax.top_k(logits, min(5, num_classes))[1]
+    return {
+        prefix + "loss": jnp.sum(cross_entropy(logits, labels, num_classes) * mask),
+        prefix + "top1": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
+        prefix + "top5": jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) * mask),
+    }
+
+  out = {**sums(state.params, state.batch_stats), "count": jnp.sum(mask)}
+  if state.ema_params is not None:
+    out.update(sums(state.ema_params, state.ema_batch_stats, "ema_"))
+  return jax.lax.psum(out, AXIS)
