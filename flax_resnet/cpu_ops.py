@@ -6,7 +6,7 @@ numbers (input gradient: kernel 'HWOI'; weight gradient: 'CHWN' x 'HWNO'). XLA:C
 such convolutions into its canonical NHWC/HWIO form with explicit transposes, but only in the
 entry computation (its ConvCanonicalization pass does not visit while-loop bodies). Inside the
 loop of `nn.scan` they stay permuted, miss the Eigen/YNNPACK kernels and run in a naive loop:
-ResNet train steps with scanned blocks ran 10-18x slower on the CPU.
+ResNet train steps with scanned blocks would run many times slower on the CPU.
 
 `canonical_conv` computes the same forward pass and the same gradients, but writes the two
 backward convolutions in the canonical layout itself, with the transposes as ordinary

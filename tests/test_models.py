@@ -1,4 +1,4 @@
-"""The model family against the paper's tables (../shared/PAPER.md)."""
+"""The model family against the tables of He et al. (2016) and its follow-ups, and timm's counts."""
 
 import flax.linen as nn
 import jax
