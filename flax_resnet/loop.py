@@ -199,6 +199,11 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
   parallel = DataParallel(config.parallelism, devices)
   parallel.check_batch_size(config.batch_size, "batch_size")
   parallel.check_batch_size(config.eval_batch_size or config.batch_size, "eval_batch_size")
+  if (config.batch_size // parallel.num_devices) % config.grad_accum_steps:
+    raise ConfigError(f"config.batch_size={config.batch_size} over {parallel.num_devices} "
+                      f"devices is {config.batch_size // parallel.num_devices} per device, "
+                      f"which config.grad_accum_steps={config.grad_accum_steps} does not "
+                      "divide into equal micro-batches")
   workdir = prepare_workdir(workdir)
 
   steps_per_epoch = datasets.steps_per_epoch(config)
@@ -230,7 +235,8 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
 
   p_train = parallel.map_step(functools.partial(
       train_step, model=model, tx=tx, learning_rate_fn=learning_rate_fn,
-      num_classes=num_classes, label_smoothing=config.label_smoothing))
+      num_classes=num_classes, label_smoothing=config.label_smoothing,
+      grad_accum_steps=config.grad_accum_steps))
   p_eval = parallel.map_eval(functools.partial(eval_step, model=model, num_classes=num_classes))
   metrics = MetricsBuffer(parallel.get_metrics, checkpointer.directory)
 

@@ -51,27 +51,57 @@ def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0
   return optax.softmax_cross_entropy(logits, targets)
 
 
+def accumulated_grads(loss_fn: Callable, params, batch_stats, batch, steps: int):
+  """Loss, logits, batch_stats and the mean gradient of `loss_fn` over `steps` equal
+  micro-batches of `batch`, run one after the other (lax.scan) so that only one micro-batch's
+  activations are held at a time.
+
+  `loss_fn(params, batch_stats, micro_batch)` returns (loss, (logits, new_batch_stats)). Each
+  micro-batch is normalized by BatchNorm with its own statistics and updates the running
+  averages in turn; without BatchNorm the mean gradient is that of the whole batch.
+  """
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if steps == 1:
+    (loss, (logits, batch_stats)), grads = grad_fn(params, batch_stats, batch)
+    return loss, logits, batch_stats, grads
+  micro = jax.tree.map(lambda x: x.reshape((steps, x.shape[0] // steps, *x.shape[1:])), batch)
+
+  def one(carry, micro_batch):
+    stats, grad_sum = carry
+    (loss, (logits, stats)), grads = grad_fn(params, stats, micro_batch)
+    return (stats, jax.tree.map(jnp.add, grad_sum, grads)), (loss, logits)
+
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  (batch_stats, grad_sum), (losses, logits) = jax.lax.scan(one, (batch_stats, zeros), micro)
+  grads = jax.tree.map(lambda g: g / steps, grad_sum)
+  return jnp.mean(losses), logits.reshape((-1, logits.shape[-1])), batch_stats, grads
+
+
 def train_step(state: TrainState, batch, *, model: nn.Module, tx: optax.GradientTransformation,
-               learning_rate_fn: Callable, num_classes: int, label_smoothing: float = 0.0):
-  """One SGD step on this device's shard; returns the new state and averaged metrics.
+               learning_rate_fn: Callable, num_classes: int, label_smoothing: float = 0.0,
+               grad_accum_steps: int = 1):
+  """One optimizer step on this device's shard; returns the new state and averaged metrics.
 
   `model` must have been created with `axis_name=AXIS`, so its BatchNorm statistics are the
-  statistics of the global batch (synchronized BN).
+  statistics of the global batch (synchronized BN). With grad_accum_steps k > 1 the shard is
+  split into k micro-batches whose gradients are averaged before the one update
+  (accumulated_grads); BatchNorm then sees (and synchronizes) one micro-batch at a time.
   """
 
-  def loss_fn(params):
-    logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
+  def loss_fn(params, batch_stats, batch):
+    logits, updates = model.apply({"params": params, "batch_stats": batch_stats},
                                   batch["image"], train=True, mutable=["batch_stats"])
     loss = jnp.mean(cross_entropy(logits, batch["label"], num_classes, label_smoothing))
-    return loss, (logits, updates["batch_stats"])
+    return loss, (logits, updates.get("batch_stats", {}))
 
-  if state.dynamic_scale is not None:
+  if state.dynamic_scale is not None:  # check_config: float16 runs have grad_accum_steps 1
     # float16: scale the loss so small gradients survive; skip steps whose gradients overflow.
-    grad_fn = state.dynamic_scale.value_and_grad(loss_fn, has_aux=True, axis_name=AXIS)
+    grad_fn = state.dynamic_scale.value_and_grad(
+        lambda p: loss_fn(p, state.batch_stats, batch), has_aux=True, axis_name=AXIS)
     dynamic_scale, is_finite, (loss, (logits, batch_stats)), grads = grad_fn(state.params)
   else:
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
+    loss, logits, batch_stats, grads = accumulated_grads(
+        loss_fn, state.params, state.batch_stats, batch, grad_accum_steps)
     grads = jax.lax.pmean(grads, AXIS)
 
   updates, opt_state = tx.update(grads, state.opt_state, state.params)

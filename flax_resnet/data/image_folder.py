@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 from typing import Callable, Iterator
 
@@ -67,12 +68,14 @@ def _signature(root: str) -> tuple:
   the process runs."""
   if fs.is_remote(root):
     return ("remote", root)
+  # os.stat, local only: epath's stat rounds times to whole seconds.
+  mtime = lambda path: os.stat(path).st_mtime_ns
   root_path = fs.user_path(root)
-  parts = [root_path.stat().mtime]
+  parts = [mtime(root_path)]
   for split in _subfolders(root_path):
     split_dir = root_path / split
-    parts.append((split, split_dir.stat().mtime))
-    parts.extend((split, c, (split_dir / c).stat().mtime) for c in _subfolders(split_dir))
+    parts.append((split, mtime(split_dir)))
+    parts.extend((split, c, mtime(split_dir / c)) for c in _subfolders(split_dir))
   return tuple(parts)
 
 
