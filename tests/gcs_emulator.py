@@ -121,24 +121,45 @@ class _ThreadingServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
   daemon_threads = True
 
 
+def _patch(objects) -> None:
+  """Two gaps of the emulator that the clients here fall into, filled in its handlers."""
+  from gcp_storage_emulator import server
+  media_upload, download = objects._media_upload, objects.download
+
+  def _media_upload(request, response, storage):
+    # It reads an empty upload body as None and fails on it; TensorFlow uploads an empty
+    # object for each folder it creates (tf.io.gfile.makedirs).
+    if request.data is None:
+      request._data = b""
+    return media_upload(request, response, storage)
+
+  def _download(request, response, storage, *args, **kwargs):
+    # Its downloads lack the object's generation headers, from which tensorstore (orbax's
+    # OCDBT manifest reads) takes the generation it writes against.
+    try:
+      obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+      response["x-goog-generation"] = str(obj["generation"])
+      response["x-goog-metageneration"] = str(obj.get("metageneration", "1"))
+    except Exception:  # noqa: BLE001 - not found: the download itself answers 404
+      pass
+    return download(request, response, storage, *args, **kwargs)
+
+  objects._media_upload, objects.download = _media_upload, _download
+  for _, handlers in server.HANDLERS:  # the routes hold the function itself
+    for method, handler in handlers.items():
+      if handler is download:
+        handlers[method] = _download
+  objects._flax_resnet_patched = True
+
+
 def start_emulator(port: int, bucket: str):
   """gcp-storage-emulator in this process (a thread), in memory, with `bucket` created."""
   import logging
   from gcp_storage_emulator.handlers import objects
   from gcp_storage_emulator.server import create_server
   logging.getLogger("gcp_storage_emulator").setLevel(logging.CRITICAL)
-  if not getattr(objects, "_empty_upload_patched", False):
-    # The emulator reads an empty upload body as None and fails on it; TensorFlow uploads an
-    # empty object for each folder it creates (tf.io.gfile.makedirs).
-    media_upload = objects._media_upload
-
-    def _media_upload(request, response, storage):
-      if request.data is None:
-        request._data = b""
-      return media_upload(request, response, storage)
-
-    objects._media_upload = _media_upload
-    objects._empty_upload_patched = True
+  if not getattr(objects, "_flax_resnet_patched", False):
+    _patch(objects)
   server = create_server("127.0.0.1", port, in_memory=True, default_bucket=bucket)
   server.start()
   return server
