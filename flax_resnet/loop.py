@@ -54,7 +54,8 @@ def prepare_workdir(workdir: str) -> str:
   fs.check_bucket(workdir, "--workdir", ConfigError)
   try:
     path.mkdir(parents=True, exist_ok=True)
-    probe = path / ".write_test"
+    # one probe per process: on a pod every host checks the same shared workdir at once
+    probe = path / f".write_test-{jax.process_index()}"
     probe.write_text("")
     probe.unlink()
   except Exception as e:  # noqa: BLE001 - OSError locally, TensorFlow's OpError on gs://
