@@ -4,7 +4,8 @@
 The clients find it as follows:
 
 * tensorstore (orbax's array writes): TENSORSTORE_GCS_HTTP_URL=http://127.0.0.1:PORT.
-* gcsfs and the google-cloud-storage client (etils.epath's fsspec backend): STORAGE_EMULATOR_HOST.
+* google-cloud-storage (orbax asks it whether a bucket has a hierarchical namespace):
+  STORAGE_EMULATOR_HOST (gcsfs, epath's backend only where TensorFlow is absent, reads it too).
 * TensorFlow's GCS filesystem (tf.io.gfile, tf.data's readers, TensorBoard's writer, TFDS, and
   etils.epath, which uses tf.io.gfile for gs:// whenever TensorFlow is installed) has no
   endpoint setting: its URLs are fixed to https://www.googleapis.com and
@@ -187,7 +188,8 @@ class Proxy:
 
 
 def emulator_env(emulator_port: int, proxy_port: int, cert: str) -> dict[str, str]:
-  """Environment variables that point tensorstore, gcsfs and TensorFlow at the emulator."""
+  """Environment variables that point tensorstore, google-cloud-storage and TensorFlow at the
+  emulator."""
   endpoint = f"http://127.0.0.1:{emulator_port}"
   return {
       "TENSORSTORE_GCS_HTTP_URL": endpoint,

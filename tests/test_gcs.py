@@ -65,7 +65,7 @@ def gcs(tmp_path_factory, fashion_mnist_data_dir):
   server.stop()
 
 
-def _train(run, *flags, **popen):
+def _train(run, *flags):
   return train_command(f"gs://{BUCKET}/{run}", f"gs://{BUCKET}/tfds", *SHORT, *flags)
 
 
