@@ -10,13 +10,13 @@ checkpoint that looks finished.
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+from flax_resnet import fs
 from flax_resnet.errors import CheckpointError
 
 
@@ -24,9 +24,9 @@ class Checkpointer:
   """A thin CheckpointManager: asynchronous saves, newest-first restore with fallback."""
 
   def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
-    self.directory = os.path.abspath(directory)
+    self.directory = str(fs.user_path(directory))  # local: absolute; gs://...: as given
     self.manager = ocp.CheckpointManager(
-        self.directory,
+        fs.user_path(directory),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
             # a save cut short by a crash leaves `<step>.orbax-checkpoint-tmp`: remove it
@@ -95,11 +95,12 @@ class Checkpointer:
   def _set_aside(self, step: int) -> str:
     """Renames an unreadable checkpoint out of the manager's sight, so that the resumed run
     can save that step again, while its files stay for inspection."""
+    directory = fs.user_path(self.directory)
+    kept = directory / f"unreadable-{step}"
     if jax.process_index() == 0:
-      os.replace(os.path.join(self.directory, str(step)),
-                 os.path.join(self.directory, f"unreadable-{step}"))
+      (directory / str(step)).rename(kept)  # on gs://: a copy of each object, then a delete
     self.manager.reload()
-    return os.path.join(self.directory, f"unreadable-{step}")
+    return str(kept)
 
   def wait(self) -> None:
     """Blocks until every started save is complete on disk."""
@@ -112,12 +113,13 @@ class Checkpointer:
 def read_state(directory: str, step: int | None = None):
   """The train state saved at `step` (default: the newest) in a checkpoints folder, as numpy
   arrays in a dict (step, params, batch_stats, opt_state, ...), for analysis outside a run."""
-  manager = ocp.CheckpointManager(os.path.abspath(directory), item_names=("state", "meta"))
+  directory = fs.user_path(directory)
+  manager = ocp.CheckpointManager(directory, item_names=("state", "meta"))
   try:
     step = manager.latest_step() if step is None else step
     if step is None:
       raise CheckpointError(f"no checkpoint in {directory}")
-    path = os.path.join(os.path.abspath(directory), str(step), "state")
+    path = directory / str(step) / "state"
   finally:
     manager.close()
   one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])

@@ -31,7 +31,8 @@ CHOICES = {
     "imagenet_train_augmentation": ("paper", "inception"),
     "imagenet_eval_crop": ("center", "ten_crop"),
     "image_folder_check": ("auto", "full", "header", "lazy"),
-    "lr_schedule": ("step", "cosine", "constant"),
+    "optimizer": ("sgd", "lars"),
+    "lr_schedule": ("step", "cosine", "polynomial", "constant"),
     "warmup_mode": ("linear", "constant"),
     "weight_decay_on": ("kernels", "all"),
     "half_precision_dtype": ("bfloat16", "float16"),
@@ -78,7 +79,17 @@ def default_config() -> ml_collections.ConfigDict:
   config.cache = False                  # hold the decoded training split in host memory
 
   # Optimization: SGD with momentum, L2 weight decay, the paper's step schedule.
+  config.optimizer = "sgd"              # 'sgd' | 'lars' (large batches, You et al. 2017)
+  # LARS: each kernel's update is scaled by trust_coefficient * |w| / |g + wd w| (optax.lars);
+  # biases and BatchNorm parameters get neither that ratio nor weight decay (MLPerf's LARS).
+  config.lars_trust_coefficient = 0.001
   config.batch_size = 256               # global, over all devices of all hosts
+  # Split each step's batch into this many micro-batches, run one after the other, and apply
+  # the mean of their gradients in one update: batch_size examples per step in the memory of
+  # batch_size / grad_accum_steps. BatchNorm normalizes each micro-batch with its own
+  # statistics (and updates its running averages once per micro-batch), so a model with
+  # BatchNorm trains like one with a smaller BN batch, not exactly like the whole batch.
+  config.grad_accum_steps = 1
   config.eval_batch_size = 0            # 0: batch_size
   config.num_epochs = 90
   config.num_train_steps = 0            # > 0 wins over num_epochs
@@ -88,6 +99,10 @@ def default_config() -> ml_collections.ConfigDict:
   config.lr_decay_epochs = (30, 60)     # 'step': divide the lr by 10 at these epochs ...
   config.lr_decay_steps = ()            # ... or at these steps, if given
   config.lr_decay_factor = 0.1
+  # 'polynomial' (MLPerf's LARS): lr decays from its peak to lr_end as (1 - t/T)^lr_power
+  # over the steps after the warm-up.
+  config.lr_power = 2.0
+  config.lr_end = 0.0
   config.warmup_epochs = 0.0
   config.warmup_steps = 0               # > 0 wins over warmup_epochs
   config.warmup_mode = "linear"         # from 0, or 'constant' at warmup_factor * lr
@@ -132,6 +147,10 @@ _RANGES = {
     "learning_rate": (lambda v: v > 0, "positive"),
     "lr_reference_batch_size": (lambda v: v >= 0, ">= 0 (0: no scaling)"),
     "lr_decay_factor": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "lr_power": (lambda v: v > 0, "positive"),
+    "lr_end": (lambda v: v >= 0, ">= 0"),
+    "lars_trust_coefficient": (lambda v: v > 0, "positive"),
+    "grad_accum_steps": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
     "warmup_epochs": (lambda v: v >= 0, ">= 0"),
     "warmup_steps": (lambda v: v >= 0, ">= 0"),
     "warmup_factor": (lambda v: 0 < v <= 1, "in (0, 1]"),
@@ -197,5 +216,17 @@ def check_config(config) -> None:
   if config.drop_path_rate and not registry.MODEL_SPECS[config.model]["block_cls"].residual:
     raise ConfigError(f"config.drop_path_rate drops residual branches; {config.model} has no "
                       "shortcuts: set it to 0 or choose a residual model")
+  if config.lr_schedule == "polynomial" and config.lr_end >= config.learning_rate * (
+      config.batch_size / config.lr_reference_batch_size if config.lr_reference_batch_size
+      else 1):
+    raise ConfigError(f"config.lr_end={config.lr_end} must be below the peak learning rate "
+                      "of the 'polynomial' schedule")
+  if config.grad_accum_steps > 1 and config.half_precision and (
+      config.half_precision_dtype == "float16"):
+    raise ConfigError("config.grad_accum_steps > 1 does not combine with float16's dynamic "
+                      "loss scaling; use half_precision_dtype='bfloat16' or grad_accum_steps=1")
+  if config.batch_size % config.grad_accum_steps:
+    raise ConfigError(f"config.batch_size={config.batch_size} must be a multiple of "
+                      f"config.grad_accum_steps={config.grad_accum_steps}")
   if config.num_train_steps <= 0 and config.num_epochs <= 0:
     raise ConfigError("set config.num_epochs or config.num_train_steps to a positive number")

@@ -13,7 +13,6 @@ TensorBoard summaries and a plot. Each part is a function or class of its own be
 from __future__ import annotations
 
 import functools
-import os
 import signal
 from typing import Any, Callable
 
@@ -21,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flax_resnet import cpu, optim, scan_layout
+from flax_resnet import cpu, fs, optim, scan_layout
 from flax_resnet.checkpointing import Checkpointer
 from flax_resnet.config import check_config
 from flax_resnet.errors import CheckpointError, ConfigError, TrainingDiverged
@@ -50,18 +49,21 @@ def build_model(config, num_classes: int):
 
 
 def prepare_workdir(workdir: str) -> str:
-  """The absolute workdir, created; a ConfigError if it cannot be written to."""
-  workdir = os.path.abspath(workdir)
+  """The workdir (absolute if local; gs://... as given), created; a ConfigError if it cannot
+  be written to (no such bucket, no permission, a file in the way)."""
+  path = fs.user_path(workdir)
+  fs.check_bucket(workdir, "--workdir", ConfigError)
   try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".write_test")
-    with open(probe, "w"):
-      pass
-    os.remove(probe)
-  except OSError as e:
-    raise ConfigError(f"cannot write to workdir {workdir} ({e.strerror}); choose a folder "
+    path.mkdir(parents=True, exist_ok=True)
+    # one probe per process: on a pod every host checks the same shared workdir at once
+    probe = path / f".write_test-{jax.process_index()}"
+    probe.write_text("")
+    probe.unlink()
+  except Exception as e:  # noqa: BLE001 - OSError locally, TensorFlow's OpError on gs://
+    problem = e.strerror if isinstance(e, OSError) and e.strerror else fs.storage_problem(e)
+    raise ConfigError(f"cannot write to workdir {path} ({problem}); choose a folder "
                       "you can write to with --workdir") from None
-  return workdir
+  return str(path)
 
 
 class Preemption:
@@ -220,6 +222,11 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
   parallel = DataParallel(config.parallelism, devices)
   parallel.check_batch_size(config.batch_size, "batch_size")
   parallel.check_batch_size(config.eval_batch_size or config.batch_size, "eval_batch_size")
+  if (config.batch_size // parallel.num_devices) % config.grad_accum_steps:
+    raise ConfigError(f"config.batch_size={config.batch_size} over {parallel.num_devices} "
+                      f"devices is {config.batch_size // parallel.num_devices} per device, "
+                      f"which config.grad_accum_steps={config.grad_accum_steps} does not "
+                      "divide into equal micro-batches")
   workdir = prepare_workdir(workdir)
 
   steps_per_epoch = datasets.steps_per_epoch(config)
@@ -239,7 +246,7 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
   meta = run_identity(config, model, num_classes, info.image_shape)
   to_checkpoint, from_checkpoint = checkpoint_layout(model)
 
-  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
+  checkpointer = Checkpointer(str(fs.user_path(workdir) / "checkpoints"), config.keep_checkpoints)
   state, start_step = restore_or_initialize(
       checkpointer, make_state, config.seed, to_checkpoint, from_checkpoint, parallel,
       check_meta=lambda saved: check_same_run(saved, meta, workdir), ema=config.ema_decay > 0)
@@ -254,7 +261,8 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
       train_step, model=model, tx=tx, learning_rate_fn=learning_rate_fn,
       num_classes=num_classes, label_smoothing=config.label_smoothing, seed=config.seed,
       ema_decay=config.ema_decay, mixup_alpha=config.mixup_alpha,
-      cutmix_alpha=config.cutmix_alpha, mixup_switch_prob=config.mixup_switch_prob))
+      cutmix_alpha=config.cutmix_alpha, mixup_switch_prob=config.mixup_switch_prob,
+      grad_accum_steps=config.grad_accum_steps))
   p_eval = parallel.map_eval(functools.partial(eval_step, model=model, num_classes=num_classes))
   metrics = MetricsBuffer(parallel.get_metrics, checkpointer.directory)
 
@@ -314,6 +322,6 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
 
   if step >= num_train_steps and config.plot and jax.process_index() == 0:
     from flax_resnet.plotting import plot_runs
-    plot_runs([workdir], os.path.join(workdir, "curves.png"), [config.model])
+    plot_runs([workdir], str(fs.user_path(workdir) / "curves.png"), [config.model])
   return {**last_eval, "steps": step, "num_train_steps": num_train_steps,
           "stopped_by": stopped_by}

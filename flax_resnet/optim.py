@@ -1,4 +1,5 @@
-"""Learning-rate schedules and the optimizer: optax SGD with momentum and L2 weight decay.
+"""Learning-rate schedules and the optimizer: optax SGD with momentum and L2 weight decay, or
+LARS for large batches.
 
 The config's values are checked by flax_resnet.config.check_config before they get here.
 """
@@ -17,7 +18,8 @@ def effective_learning_rate(config) -> float:
 
 
 def create_learning_rate_fn(config, steps_per_epoch: int, num_train_steps: int) -> optax.Schedule:
-  """'step' (the paper: /10 at given epochs or steps), 'cosine' or 'constant', after a warm-up.
+  """'step' (the paper: /10 at given epochs or steps), 'cosine', 'polynomial' (MLPerf's LARS:
+  (1 - t/T)^lr_power from the peak to lr_end) or 'constant', after a warm-up.
 
   Warm-up is 'linear' from 0 (Goyal et al.) or 'constant' at warmup_factor x lr (the paper's
   ResNet-110 on CIFAR, which trains at 0.01 for its first 400 iterations).
@@ -33,6 +35,9 @@ def create_learning_rate_fn(config, steps_per_epoch: int, num_train_steps: int) 
                   if b > warmup_steps})
   elif config.lr_schedule == "cosine":
     main = optax.cosine_decay_schedule(base_lr, max(1, num_train_steps - warmup_steps))
+  elif config.lr_schedule == "polynomial":
+    main = optax.polynomial_schedule(base_lr, config.lr_end, config.lr_power,
+                                     max(1, num_train_steps - warmup_steps))
   else:  # 'constant'
     main = optax.constant_schedule(base_lr)
   if not warmup_steps:
@@ -54,7 +59,24 @@ def weight_decay_mask(params, on: str):
 
 
 def create_optimizer(config, learning_rate_fn: optax.Schedule) -> optax.GradientTransformation:
-  """SGD with (Nesterov) momentum; weight decay added to the gradient, as torch.optim.SGD."""
+  """config.optimizer: 'sgd', with (Nesterov) momentum and weight decay added to the gradient
+  as torch.optim.SGD, or 'lars' (optax.lars).
+
+  LARS as in MLPerf's reference: the weight decay and the trust ratio
+  trust_coefficient * |w| / |g + wd w| apply to conv and dense kernels only; biases and
+  BatchNorm scales and offsets take plain momentum SGD steps at the scheduled rate. Weight
+  decay follows config.weight_decay_on ('kernels', the default, is MLPerf's).
+
+  Gradient accumulation (config.grad_accum_steps) happens before this, in step.train_step:
+  the optimizer sees one mean gradient per step either way.
+  """
+  if config.optimizer == "lars":
+    return optax.lars(
+        learning_rate_fn, weight_decay=config.weight_decay,
+        weight_decay_mask=lambda p: weight_decay_mask(p, config.weight_decay_on),
+        trust_coefficient=config.lars_trust_coefficient, eps=0.0,
+        trust_ratio_mask=lambda p: weight_decay_mask(p, "kernels"),
+        momentum=config.momentum, nesterov=config.nesterov)
   return optax.chain(
       optax.add_decayed_weights(config.weight_decay,
                                 mask=lambda p: weight_decay_mask(p, config.weight_decay_on)),

@@ -8,8 +8,9 @@ overlays several runs (e.g. cifar_plain20 against cifar_resnet20) in one picture
 from __future__ import annotations
 
 import argparse
-import os
+import io
 
+from flax_resnet import fs
 from flax_resnet.reporting import read_metrics
 
 
@@ -19,12 +20,12 @@ def _series(records, key):
 
 
 def plot_runs(workdirs: list[str], out: str, labels: list[str] | None = None) -> str:
-  """Draws each workdir's metrics.jsonl into one PNG at `out`; returns `out`."""
+  """Draws each workdir's metrics.jsonl into one PNG at `out` (local or gs://); returns `out`."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  labels = labels or [os.path.basename(os.path.normpath(w)) for w in workdirs]
+  labels = labels or [fs.user_path(w).name for w in workdirs]
   fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(12, 4.5))
   for i, (workdir, label) in enumerate(zip(workdirs, labels)):
     records = read_metrics(workdir)
@@ -45,8 +46,10 @@ def plot_runs(workdirs: list[str], out: str, labels: list[str] | None = None) ->
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(out, dpi=110)
+  png = io.BytesIO()  # drawn in memory, written whole: `out` may be gs://...
+  fig.savefig(png, format="png", dpi=110)
   plt.close(fig)
+  fs.user_path(out).write_bytes(png.getvalue())
   return out
 
 
@@ -58,7 +61,7 @@ def main(argv=None):
   parser.add_argument("--labels", nargs="*", help="a legend label per workdir")
   args = parser.parse_args(argv)
   for w in args.workdirs:
-    if not os.path.exists(os.path.join(w, "metrics.jsonl")):
+    if not (fs.user_path(w) / "metrics.jsonl").exists():
       parser.error(f"{w} has no metrics.jsonl; is it a train.py --workdir?")
   print(plot_runs(args.workdirs, args.out, args.labels))
 

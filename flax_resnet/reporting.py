@@ -1,18 +1,23 @@
 """What a run tells the user: a progress line, WORKDIR/metrics.jsonl and TensorBoard summaries.
 
 Only process 0 writes; the others stay quiet, so a pod run logs once.
+
+metrics.jsonl holds one JSON object per line. Locally each record is appended; an object store
+(gs://) cannot append, so there the Reporter keeps the run's records in memory and rewrites
+the whole object at each write (a GCS object is replaced whole, never seen half-written).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from typing import Any
 
 import jax
+
+from flax_resnet import fs
 
 
 def _plain(value):
@@ -33,12 +38,15 @@ class Reporter:
     self.num_train_steps = num_train_steps
     self.global_batch_size = global_batch_size
     self.stream = stream or sys.stdout
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = fs.user_path(workdir) / "metrics.jsonl"
+    self._rewrite = fs.is_remote(workdir)  # no appends on object stores
+    self._records: list[dict[str, Any]] = []  # what the file holds, where it is rewritten
     self._mark = (start_step, time.perf_counter())
     self._writer = None
     if self.active:
-      if start_step == 0 and os.path.exists(self.path):
-        os.replace(self.path, self.path + ".old")  # a fresh run in an old workdir
+      if start_step == 0 and self.path.exists():
+        # a fresh run in an old workdir (on gs://: a copy, then a delete)
+        self.path.rename(self.path.with_name("metrics.jsonl.old"))
       if tensorboard:
         from clu import metric_writers  # imports TensorFlow: only where it is used
         self._writer = metric_writers.create_default_writer(workdir, just_logging=False,
@@ -48,21 +56,27 @@ class Reporter:
 
   def _drop_lines_after(self, step: int) -> None:
     """On resume, forget metrics of steps that the resumed run will train again."""
-    if not (self.active and os.path.exists(self.path)):
+    if not (self.active and self.path.exists()):
       return
-    with open(self.path) as f:
-      lines = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= step]
-    tmp = self.path + ".tmp"
-    with open(tmp, "w") as f:
-      f.writelines(lines)
-    os.replace(tmp, self.path)
+    self._records = [r for r in _parse(self.path.read_text()) if r.get("step", 0) <= step]
+    text = "".join(json.dumps(r) + "\n" for r in self._records)
+    if self._rewrite:
+      self.path.write_text(text)
+    else:  # locally: a complete new file replaces the old one in one rename
+      tmp = self.path.with_name("metrics.jsonl.tmp")
+      tmp.write_text(text)
+      tmp.replace(self.path)
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:
     if not self.active:
       return
     record = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    if self._rewrite:
+      self._records.append(record)
+      self.path.write_text("".join(json.dumps(r) + "\n" for r in self._records))
+    else:
+      with self.path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
     if self._writer is not None:
       self._writer.write_scalars(int(step), {k: v for k, v in record.items()
                                              if k != "step" and isinstance(v, float)})
@@ -105,7 +119,10 @@ def _duration(seconds: float) -> str:
   return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
+def _parse(text: str) -> list[dict[str, Any]]:
+  return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
-  """The records of WORKDIR/metrics.jsonl, in order."""
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(l) for l in f if l.strip()]
+  """The records of WORKDIR/metrics.jsonl (local or gs://), in order."""
+  return _parse((fs.user_path(workdir) / "metrics.jsonl").read_text())

@@ -88,18 +88,51 @@ def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0
   return optax.softmax_cross_entropy(logits, soft_targets(labels, num_classes, label_smoothing))
 
 
+def accumulated_grads(loss_fn: Callable, params, batch_stats, batch, steps: int):
+  """Loss, logits, batch_stats and the mean gradient of `loss_fn` over `steps` equal
+  micro-batches of `batch`, run one after the other (lax.scan) so that only one micro-batch's
+  activations are held at a time.
+
+  `loss_fn(params, batch_stats, micro_batch, index)` returns (loss, (logits, new_batch_stats));
+  `index` numbers the micro-batch (0 without accumulation), for its random draws. Each
+  micro-batch is normalized by BatchNorm with its own statistics and updates the running
+  averages in turn; without BatchNorm the mean gradient is that of the whole batch.
+  """
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if steps == 1:
+    (loss, (logits, batch_stats)), grads = grad_fn(params, batch_stats, batch, 0)
+    return loss, logits, batch_stats, grads
+  micro = jax.tree.map(lambda x: x.reshape((steps, x.shape[0] // steps, *x.shape[1:])), batch)
+
+  def one(carry, indexed):
+    stats, grad_sum = carry
+    micro_batch, index = indexed
+    (loss, (logits, stats)), grads = grad_fn(params, stats, micro_batch, index)
+    return (stats, jax.tree.map(jnp.add, grad_sum, grads)), (loss, logits)
+
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  (batch_stats, grad_sum), (losses, logits) = jax.lax.scan(
+      one, (batch_stats, zeros), (micro, jnp.arange(steps)))
+  grads = jax.tree.map(lambda g: g / steps, grad_sum)
+  return jnp.mean(losses), logits.reshape((-1, logits.shape[-1])), batch_stats, grads
+
+
 def train_step(state: TrainState, batch, *, model: nn.Module, tx: optax.GradientTransformation,
                learning_rate_fn: Callable, num_classes: int, label_smoothing: float = 0.0,
                seed: int = 0, ema_decay: float = 0.0, mixup_alpha: float = 0.0,
-               cutmix_alpha: float = 0.0, mixup_switch_prob: float = 0.5):
-  """One SGD step on this device's shard; returns the new state and averaged metrics.
+               cutmix_alpha: float = 0.0, mixup_switch_prob: float = 0.5,
+               grad_accum_steps: int = 1):
+  """One optimizer step on this device's shard; returns the new state and averaged metrics.
 
   `model` must have been created with `axis_name=AXIS`, so its BatchNorm statistics are the
   statistics of the global batch (synchronized BN). The step's randomness, stochastic depth's
   masks (the 'dropout' stream) and mixup/CutMix, comes from `step_rng(seed, state.step)`;
   each device mixes its own shard. Under mixing, train_accuracy counts the label with the
   larger weight in each mixed example (`mixing.dominant_labels`). With `ema_decay` > 0 the
-  state must hold an EMA (`with_ema`), updated after the SGD step.
+  state must hold an EMA (`with_ema`), updated after the optimizer step. With
+  grad_accum_steps k > 1 the shard is split into k micro-batches whose gradients are averaged
+  before the one update (accumulated_grads); BatchNorm then sees (and synchronizes) one
+  micro-batch at a time.
   """
   dropout_key, mix_key = jax.random.split(step_rng(seed, state.step))
   images, labels = batch["image"], batch["label"]
@@ -113,20 +146,23 @@ def train_step(state: TrainState, batch, *, model: nn.Module, tx: optax.Gradient
     targets = soft_targets(labels, num_classes, label_smoothing)
     accuracy_labels = labels
 
-  def loss_fn(params):
-    logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
-                                  images, train=True, mutable=["batch_stats"],
-                                  rngs={"dropout": dropout_key})
-    loss = jnp.mean(optax.softmax_cross_entropy(logits, targets))
-    return loss, (logits, updates["batch_stats"])
+  def loss_fn(params, batch_stats, micro_batch, index):
+    logits, updates = model.apply({"params": params, "batch_stats": batch_stats},
+                                  micro_batch["image"], train=True, mutable=["batch_stats"],
+                                  rngs={"dropout": jax.random.fold_in(dropout_key, index)})
+    loss = jnp.mean(optax.softmax_cross_entropy(logits, micro_batch["targets"]))
+    return loss, (logits, updates.get("batch_stats", {}))
 
-  if state.dynamic_scale is not None:
+  inputs = {"image": images, "targets": targets}
+
+  if state.dynamic_scale is not None:  # check_config: float16 runs have grad_accum_steps 1
     # float16: scale the loss so small gradients survive; skip steps whose gradients overflow.
-    grad_fn = state.dynamic_scale.value_and_grad(loss_fn, has_aux=True, axis_name=AXIS)
+    grad_fn = state.dynamic_scale.value_and_grad(
+        lambda p: loss_fn(p, state.batch_stats, inputs, 0), has_aux=True, axis_name=AXIS)
     dynamic_scale, is_finite, (loss, (logits, batch_stats)), grads = grad_fn(state.params)
   else:
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
+    loss, logits, batch_stats, grads = accumulated_grads(
+        loss_fn, state.params, state.batch_stats, inputs, grad_accum_steps)
     grads = jax.lax.pmean(grads, AXIS)
 
   updates, opt_state = tx.update(grads, state.opt_state, state.params)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
 import sys
 
 import jax
@@ -26,6 +25,7 @@ from tensorflow_datasets.core.download import download_manager
 from flax_resnet.data import fashion_mnist, image_folder, order
 from flax_resnet.data.statistics import (CIFAR10_MEAN, CIFAR10_STD, FASHION_MNIST_MEAN,
                                          FASHION_MNIST_STD, IMAGENET_MEAN, IMAGENET_STD)
+from flax_resnet import fs
 from flax_resnet.errors import ConfigError, DataError
 
 CIFAR_VALIDATION_SIZE = 5000  # The paper's 45k/5k train/validation split.
@@ -157,15 +157,22 @@ def check_data(config, process_count: int | None = None) -> None:
 
 def checked_data_dir(config) -> str | None:
   """config.data_dir with ~ expanded (None: TFDS's default), or a DataError if it is not a
-  folder."""
+  folder. A gs:// data_dir needs an existing bucket; its folder is made on first use."""
   if config.data_dir is None:
     return None
-  data_dir = os.path.expanduser(str(config.data_dir))
+  fs.check_bucket(config.data_dir, "config.data_dir", DataError)
+  path = fs.user_path(config.data_dir)
+  data_dir = str(path)
   advice = ("point it at the folder that holds your TFDS datasets, or set it to None to use "
             "TFDS's default (~/tensorflow_datasets)")
-  if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+  try:
+    exists, is_dir = path.exists(), path.is_dir()
+  except Exception as e:  # noqa: BLE001 - TensorFlow's OpError on gs://
+    raise DataError(f"config.data_dir={data_dir!r} cannot be read: {fs.storage_problem(e)}"
+                    ) from None
+  if exists and not is_dir:
     raise DataError(f"config.data_dir={data_dir!r} is a file, not a folder; {advice}")
-  if not os.path.isdir(data_dir):
+  if not is_dir and not fs.is_remote(data_dir):  # gs:// "folders" exist once they hold objects
     raise DataError(f"config.data_dir={data_dir!r} does not exist; create it (datasets are "
                     f"prepared there on first use) or {advice}")
   return data_dir
@@ -195,7 +202,7 @@ def prepared_builder(config) -> tfds.core.DatasetBuilder:
     # From local IDX files: Debian's where installed, or the folder the user names. Without
     # either, TFDS downloads it (where there is a network).
     source = config.fashion_mnist_source_dir
-    if name == "fashion_mnist" and (os.path.isdir(source)
+    if name == "fashion_mnist" and (fs.user_path(source).is_dir()
                                     or source != fashion_mnist.DEFAULT_SOURCE_DIR):
       return fashion_mnist.prepare(data_dir, source)
   where = builder.data_dir_root
@@ -203,7 +210,7 @@ def prepared_builder(config) -> tfds.core.DatasetBuilder:
     raise DataError(
         f"ImageNet (imagenet2012) is not prepared in {where}, and TFDS cannot download it. Get "
         "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from https://image-net.org, put them "
-        f"in {os.path.join(where, 'downloads', 'manual')}, then run once (hours): "
+        f"in {fs.user_path(where) / 'downloads' / 'manual'}, then run once (hours): "
         f"`tfds build imagenet2012 --data_dir={where}`. Or set config.data_dir to a folder that "
         "already holds a prepared imagenet2012")
   print(f"Downloading and preparing TFDS {name} in {where} (once)...", file=sys.stderr, flush=True)

@@ -17,13 +17,14 @@ import hashlib
 import logging
 import os
 import sys
-from pathlib import Path
 
 import numpy as np
+from etils import epath
 import tensorflow_datasets as tfds
 from tensorflow_datasets.image_classification import mnist as tfds_mnist
 
 from flax_resnet.config import DEBIAN_FASHION_MNIST_DIR
+from flax_resnet import fs
 from flax_resnet.errors import DataError
 
 DEFAULT_SOURCE_DIR = DEBIAN_FASHION_MNIST_DIR
@@ -47,9 +48,10 @@ IDX_FILES = {
 }
 
 
-def find_idx_files(source_dir: str | os.PathLike) -> dict[str, Path]:
-  """Maps each IDX file stem to its path in `source_dir` (gzipped `.gz` or raw)."""
-  source = Path(source_dir).expanduser()
+def find_idx_files(source_dir: str | os.PathLike) -> dict[str, epath.Path]:
+  """Maps each IDX file stem to its path in `source_dir` (local or gs://; gzipped `.gz` or
+  raw)."""
+  source = fs.user_path(source_dir)
   found, missing = {}, []
   for stem in IDX_FILES:
     for candidate in (source / f"{stem}.gz", source / stem):
@@ -71,16 +73,16 @@ def find_idx_files(source_dir: str | os.PathLike) -> dict[str, Path]:
 
 def read_idx(path: str | os.PathLike, *, verify: bool = True) -> np.ndarray:
   """Reads one Fashion-MNIST IDX file (gzipped or raw) as a uint8 array, checking its header."""
-  path = Path(path)
+  path = fs.user_path(path)
   stem = path.name[:-3] if path.name.endswith(".gz") else path.name
   if stem not in IDX_FILES:
     raise ValueError(f"{path} is not one of the Fashion-MNIST files {sorted(IDX_FILES)}.")
   magic, shape, sha256 = IDX_FILES[stem]
-  opener = gzip.open if path.name.endswith(".gz") else open
   try:
-    with opener(path, "rb") as f:
-      content = f.read()
-  except (OSError, EOFError) as error:  # Unreadable, or a damaged or truncated .gz.
+    content = path.read_bytes()
+    if path.name.endswith(".gz"):
+      content = gzip.decompress(content)
+  except (OSError, EOFError, gzip.BadGzipFile) as error:  # Unreadable, or a damaged or truncated .gz.
     raise DataError(f"{path} cannot be read ({error}); reinstall dataset-fashion-mnist or "
                     "download the file again.") from error
   if verify and hashlib.sha256(content).hexdigest() != sha256:

@@ -22,6 +22,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from flax_resnet import fs
 from flax_resnet.data import order
 from flax_resnet.data.tf_host import tf
 from flax_resnet.errors import ConfigError, DataError
@@ -55,19 +56,26 @@ _scans: dict[str, tuple[tuple, ImageFolder]] = {}  # root -> (folder signature, 
 _checked: set[tuple] = set()  # signatures of folders whose images passed a full check
 
 
-def _subfolders(path: str) -> list[str]:
-  return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
+def _subfolders(path) -> list[str]:
+  return sorted(e.name for e in fs.user_path(path).iterdir()
+                if not e.name.startswith(".") and e.is_dir())
 
 
 def _signature(root: str) -> tuple:
   """Modification times of the root, split and class folders: adding, removing or renaming a
-  file changes its folder's time, so an unchanged signature means an unchanged file list."""
-  parts = [os.stat(root).st_mtime_ns]
-  for split in _subfolders(root):
-    split_dir = os.path.join(root, split)
-    parts.append((split, os.stat(split_dir).st_mtime_ns))
-    parts.extend((split, c, os.stat(os.path.join(split_dir, c)).st_mtime_ns)
-                 for c in _subfolders(split_dir))
+  file changes its folder's time, so an unchanged signature means an unchanged file list.
+  Object stores (gs://) have no folder times: a remote folder is taken as unchanged while
+  the process runs."""
+  if fs.is_remote(root):
+    return ("remote", root)
+  # os.stat, local only: epath's stat rounds times to whole seconds.
+  mtime = lambda path: os.stat(path).st_mtime_ns
+  root_path = fs.user_path(root)
+  parts = [mtime(root_path)]
+  for split in _subfolders(root_path):
+    split_dir = root_path / split
+    parts.append((split, mtime(split_dir)))
+    parts.extend((split, c, mtime(split_dir / c)) for c in _subfolders(split_dir))
   return tuple(parts)
 
 
@@ -77,15 +85,17 @@ def scan(data_dir) -> ImageFolder:
   if data_dir is None:
     raise ConfigError(f"config.dataset='image_folder' needs config.data_dir, a folder laid out as "
                       f"{_LAYOUT}.")
-  root = os.path.abspath(os.path.expanduser(str(data_dir)))
-  if os.path.exists(root) and not os.path.isdir(root):
+  fs.check_bucket(data_dir, "config.data_dir", DataError)
+  root_path = fs.user_path(data_dir)
+  root = str(root_path)
+  if root_path.exists() and not root_path.is_dir():
     raise DataError(f"config.data_dir={root!r} is a file, not a folder; point it at a folder laid "
                     f"out as {_LAYOUT}.")
-  if not os.path.isdir(root):
+  if not root_path.is_dir():
     raise DataError(f"config.data_dir={root!r} does not exist; point it at a folder laid out "
                     f"as {_LAYOUT}.")
-  train_dir = os.path.join(root, TRAIN_SPLIT)
-  if not os.path.isdir(train_dir):
+  train_dir = str(root_path / TRAIN_SPLIT)
+  if not (root_path / TRAIN_SPLIT).is_dir():
     raise DataError(f"{root} has no '{TRAIN_SPLIT}' folder; image_folder expects "
                             f"{_LAYOUT}.")
   signature = _signature(root)
@@ -96,11 +106,11 @@ def scan(data_dir) -> ImageFolder:
   if not classes:
     raise DataError(f"{train_dir} has no class folders; put each class's images in "
                     f"{train_dir}/<class name>/.")
-  eval_name = next((s for s in EVAL_SPLITS if os.path.isdir(os.path.join(root, s))), None)
+  eval_name = next((s for s in EVAL_SPLITS if (root_path / s).is_dir()), None)
   if eval_name is None:
     raise DataError(f"{root} has no 'val' (or 'test') folder to evaluate on; move some of "
                     f"each class's images into {root}/val/<class name>/.")
-  eval_dir = os.path.join(root, eval_name)
+  eval_dir = str(root_path / eval_name)
   strays = sorted(set(_subfolders(eval_dir)) - set(classes))
   if strays:
     raise DataError(f"{eval_dir} has class folder(s) {strays} that {train_dir} lacks; the "
@@ -114,15 +124,17 @@ def scan(data_dir) -> ImageFolder:
 def _split_files(split_dir: str, name: str, classes: tuple[str, ...]) -> Split:
   paths, labels = [], []
   for label, class_name in enumerate(classes):
-    class_dir = os.path.join(split_dir, class_name)
-    if not os.path.isdir(class_dir):
+    class_dir = fs.user_path(split_dir) / class_name
+    if not class_dir.is_dir():
       continue  # An eval split may lack classes.
-    files = sorted(e.name for e in os.scandir(class_dir) if e.is_file()
-                   and not e.name.startswith(".") and e.name.lower().endswith(IMAGE_EXTENSIONS))
+    # By name alone, without a stat of each file (a million of them on ImageNet, each one a
+    # request on gs://); a folder named like an image fails the header check later.
+    files = sorted(e.name for e in class_dir.iterdir()
+                   if not e.name.startswith(".") and e.name.lower().endswith(IMAGE_EXTENSIONS))
     if not files:
       raise DataError(f"class folder {class_dir} holds no images (files ending in "
                       f"{', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder.")
-    paths.extend(os.path.join(class_dir, f) for f in files)
+    paths.extend(str(class_dir / f) for f in files)
     labels.extend([label] * len(files))
   return Split(name, np.array(paths, dtype=str), np.array(labels, dtype=np.int32))
 
@@ -134,10 +146,12 @@ def _split_files(split_dir: str, name: str, classes: tuple[str, ...]) -> Split:
 def header_problem(path: str) -> str | None:
   """Why the first bytes of `path` are not those of an image TensorFlow decodes, or None."""
   try:
-    with open(path, "rb") as f:
+    with fs.user_path(path).open("rb") as f:
       head = f.read(12)
   except OSError as e:
-    return f"cannot be read: {e.strerror}"
+    return f"cannot be read: {e.strerror or e}"
+  except Exception as e:  # noqa: BLE001 - TensorFlow's OpError on gs://
+    return f"cannot be read: {fs.storage_problem(e)}"
   if not head:
     return "the file is empty"
   if head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
@@ -151,8 +165,8 @@ def decode_problem(path: str) -> str | None:
   if problem:
     return problem
   try:
-    with open(path, "rb") as f:
-      image = tf.io.decode_image(f.read(), channels=3, expand_animations=False)
+    image = tf.io.decode_image(fs.user_path(path).read_bytes(), channels=3,
+                               expand_animations=False)
   except tf.errors.OpError as e:
     return _op_message(e)
   if 0 in image.shape:
