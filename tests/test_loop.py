@@ -1,0 +1,123 @@
+"""The training loop's named parts, each on its own: the metrics buffer and its divergence
+check, the run-identity check, the checkpoint layout, restore-or-initialize and evaluate."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from flax_resnet import create_model
+from flax_resnet.checkpointing import Checkpointer
+from flax_resnet.errors import CheckpointError, TrainingDiverged
+from flax_resnet.loop import (MetricsBuffer, check_same_run, checkpoint_layout, evaluate,
+                              restore_or_initialize)
+from flax_resnet.parallel import AXIS, DataParallel
+from flax_resnet.step import create_train_state, eval_step
+from train_utils import assert_trees_equal
+
+
+def _host(metrics):
+  return jax.tree.map(np.asarray, metrics)
+
+
+def test_metrics_buffer_means_the_pending_steps_and_keeps_the_last_learning_rate():
+  buffer = MetricsBuffer(_host, "ckpts")
+  assert buffer.flush() is None
+  for step, (loss, lr) in enumerate([(1.0, 0.1), (3.0, 0.05)], start=1):
+    buffer.add(step, {"train_loss": jnp.float32(loss), "train_accuracy": jnp.float32(step / 4),
+                      "learning_rate": jnp.float32(lr)})
+  mean = buffer.flush()
+  assert mean == pytest.approx({"train_loss": 2.0, "train_accuracy": 0.375,
+                                "learning_rate": 0.05})
+  assert buffer.flush() is None  # nothing pending after a flush
+
+
+def test_metrics_buffer_names_the_first_diverged_step():
+  buffer = MetricsBuffer(_host, "/runs/x/checkpoints")
+  for step, loss in ((7, 1.0), (8, float("nan")), (9, float("inf"))):
+    buffer.add(step, {"train_loss": jnp.float32(loss), "learning_rate": jnp.float32(0.1)})
+  with pytest.raises(TrainingDiverged, match="became nan at step 8.*/runs/x/checkpoints"):
+    buffer.flush()
+
+
+META = {"model": "cifar_resnet20", "widths": [16, 32, 64], "dataset": "fashion_mnist",
+        "num_classes": 10}
+
+
+def test_check_same_run():
+  check_same_run(dict(META), META, "w")
+  check_same_run({k: v for k, v in META.items() if k != "widths"}, META, "w")  # model's own
+  for change in ({"model": "cifar_resnet32"}, {"widths": [8, 16, 32]}, {"dataset": "cifar10"},
+                 {"num_classes": 100}):
+    with pytest.raises(CheckpointError, match="use another --workdir"):
+      check_same_run({**META, **change}, META, "w")
+
+
+def test_checkpoint_layout_unrolls_scanned_models_only():
+  x = jnp.zeros((1, 8, 8, 3))
+  unrolled = create_model("cifar_resnet20", widths=(4, 4, 4))
+  scanned = create_model("cifar_resnet20", widths=(4, 4, 4), scan_blocks=True)
+  to_ckpt, from_ckpt = checkpoint_layout(unrolled)
+  variables = unrolled.init(jax.random.key(0), x)
+  assert to_ckpt(variables) is variables and from_ckpt(variables) is variables
+  to_ckpt, from_ckpt = checkpoint_layout(scanned)
+  scanned_variables = from_ckpt(variables)
+  assert "blocks" in scanned_variables["params"]["stage1"]
+  assert jax.tree.structure(scanned_variables) == jax.tree.structure(
+      scanned.init(jax.random.key(0), x))
+  assert_trees_equal(to_ckpt(scanned_variables), variables)
+
+
+def _state_maker(model):
+  tx = optax.sgd(0.1, momentum=0.9)
+  return functools.partial(create_train_state, model, tx, (8, 8, 3))
+
+
+def test_restore_or_initialize(tmp_path):
+  model = create_model("cifar_resnet20", widths=(4, 4, 4), num_classes=3, axis_name=AXIS)
+  make_state = _state_maker(model)
+  identity = lambda tree: tree
+  parallel = DataParallel("shard_map", jax.devices()[:2])
+  checkpointer = Checkpointer(str(tmp_path / "ckpts"), keep=2, async_save=False)
+  state, step = restore_or_initialize(checkpointer, make_state, 3, identity, identity, parallel,
+                                      check_meta=lambda meta: None)
+  assert step == 0  # nothing saved: a fresh state from the seed
+  assert_trees_equal(jax.device_get(state.params),
+                     jax.device_get(jax.jit(make_state)(jax.random.key(3)).params))
+  saved = make_state(jax.random.key(5)).replace(step=jnp.int32(12))
+  checkpointer.save(12, saved, {"config": {}})
+  checkpointer.wait()
+  state, step = restore_or_initialize(checkpointer, make_state, 3, identity, identity, parallel,
+                                      check_meta=lambda meta: None)
+  assert step == 12
+  assert_trees_equal(jax.device_get(state.params), jax.device_get(saved.params))
+
+  def refuse(meta):
+    raise CheckpointError("another run")
+  with pytest.raises(CheckpointError, match="another run"):
+    restore_or_initialize(checkpointer, make_state, 3, identity, identity, parallel, refuse)
+  checkpointer.close()
+
+
+def test_evaluate_counts_every_real_example_once():
+  model = create_model("cifar_resnet20", widths=(4, 4, 4), num_classes=3, axis_name=AXIS)
+  parallel = DataParallel("shard_map", jax.devices()[:2])
+  state = parallel.put_state(_state_maker(model)(jax.random.key(0)))
+  p_eval = parallel.map_eval(functools.partial(eval_step, model=model, num_classes=3))
+  rng = np.random.default_rng(0)
+  batches = [{"image": rng.normal(size=(4, 8, 8, 3)).astype(np.float32),
+              "label": np.array([0, 1, 2, 0], np.int32),
+              "mask": np.array(mask, np.float32)} for mask in ([1, 1, 1, 1], [1, 1, 0, 0])]
+  result = evaluate(p_eval, state, batches, parallel)
+  assert result["eval_examples"] == 6
+  assert 0 <= result["eval_accuracy"] <= result["eval_top5_accuracy"] == 1.0
+  logits = model.apply({"params": jax.device_get(state.params),
+                        "batch_stats": jax.device_get(state.batch_stats)},
+                       np.concatenate([b["image"] for b in batches])[:6], train=False)
+  labels = np.concatenate([b["label"] for b in batches])[:6]
+  expected = float(optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean())
+  assert result["eval_loss"] == pytest.approx(expected, rel=1e-4)
+  assert result["eval_accuracy"] == pytest.approx(float(np.mean(np.argmax(logits, -1) == labels)))
