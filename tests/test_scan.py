@@ -6,7 +6,6 @@ kernels (cpu_ops.canonical_conv), and no transpose recomputes the residual strea
 
 import functools
 import re
-import types
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 
 from flax_resnet import cpu, optim
+from flax_resnet.config import default_config
 from flax_resnet.cpu_ops import canonical_conv, materialize
 from flax_resnet.registry import create_model
 from flax_resnet.scan_layout import (scanned_to_unrolled, to_scanned_layout, to_unrolled_layout,
@@ -84,10 +84,9 @@ def test_same_logits_and_batch_stats(name, overrides, size):
 
 def _optimizer():
   """The library's SGD (momentum, weight decay on kernels only) at a constant rate."""
-  config = types.SimpleNamespace(
-      batch_size=8, learning_rate=0.1, lr_reference_batch_size=0, lr_schedule="constant",
-      warmup_epochs=0.0, warmup_steps=0, momentum=0.9, nesterov=False, weight_decay=1e-4,
-      weight_decay_on="kernels")
+  config = default_config()
+  config.update(batch_size=8, learning_rate=0.1, lr_reference_batch_size=0,
+                lr_schedule="constant", momentum=0.9, weight_decay=1e-4)
   lr_fn = optim.create_learning_rate_fn(config, steps_per_epoch=10, num_train_steps=10)
   return optim.create_optimizer(config, lr_fn), lr_fn
 
