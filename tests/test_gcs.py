@@ -78,16 +78,8 @@ def _run(run, *flags, devices=2):
 
 def _saved_state(run, step):
   """The raw saved train state of `step` in gs://bucket/RUN, read through orbax/tensorstore."""
-  import jax
-  import orbax.checkpoint as ocp
-  from etils import epath
-  path = epath.Path(f"gs://{BUCKET}/{run}/checkpoints/{step}/state")
-  one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  with ocp.StandardCheckpointer() as checkpointer:
-    saved = checkpointer.metadata(path).item_metadata.tree
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device),
-                          saved)
-    return jax.device_get(checkpointer.restore(path, target))
+  from flax_resnet.checkpointing import read_state
+  return read_state(f"gs://{BUCKET}/{run}/checkpoints", step)
 
 
 @pytest.fixture(scope="module")
