@@ -114,7 +114,9 @@ def read_state(directory: str, step: int | None = None):
   """The train state saved at `step` (default: the newest) in a checkpoints folder, as numpy
   arrays in a dict (step, params, batch_stats, opt_state, ...), for analysis outside a run."""
   directory = fs.user_path(directory)
-  manager = ocp.CheckpointManager(directory, item_names=("state", "meta"))
+  manager = ocp.CheckpointManager(directory, item_names=("state", "meta"),
+                                 options=ocp.CheckpointManagerOptions(create=False,
+                                                                      read_only=True))
   try:
     step = manager.latest_step() if step is None else step
     if step is None:
