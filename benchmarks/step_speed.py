@@ -2,6 +2,7 @@
 
     python benchmarks/step_speed.py --model=cifar_resnet20 --batch_size=128 --image_size=32 \
         [--dtype=float32|bfloat16] [--devices=K] [--widths=24,48,96] [--scan_blocks] \
+        [--optimizer=sgd|lars] [--grad_accum_steps=K] \
         [--conv_library=auto|ynnpack|eigen] [--keep_malloc_defaults] [--per_device_batch_norm] \
         [--inference] [--no_cpu_overrides] [--compare_torch] [--json=FILE]
 
@@ -71,6 +72,10 @@ def parse_args(argv=None):
   p.add_argument("--parallelism", default="shard_map", choices=("shard_map", "pmap"))
   p.add_argument("--widths", type=parse_widths, default=(),
                  help="per-stage widths, e.g. 32,64,128 (default: the model's own)")
+  p.add_argument("--optimizer", default="sgd", choices=("sgd", "lars"),
+                 help="the update the step applies (config.optimizer)")
+  p.add_argument("--grad_accum_steps", type=int, default=1,
+                 help="micro-batches per step (config.grad_accum_steps)")
   p.add_argument("--scan_blocks", action="store_true",
                  help="compile each stage's repeated blocks once (nn.scan)")
   p.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
@@ -126,6 +131,7 @@ class FlaxStep:
     self.num_classes = model.num_classes
     config = default_config()  # the paper's SGD, as train.py's configs use it
     config.batch_size = args.batch_size
+    config.optimizer = args.optimizer
     lr_fn = optim.create_learning_rate_fn(config, steps_per_epoch=1000, num_train_steps=90_000)
     tx = optim.create_optimizer(config, lr_fn)
     image_shape = (args.image_size, args.image_size, 3)
@@ -140,7 +146,8 @@ class FlaxStep:
       step = self.parallel.map_eval(forward)
     else:
       step = self.parallel.map_step(functools.partial(
-          train_step, model=model, tx=tx, learning_rate_fn=lr_fn, num_classes=model.num_classes))
+          train_step, model=model, tx=tx, learning_rate_fn=lr_fn, num_classes=model.num_classes,
+          grad_accum_steps=args.grad_accum_steps))
     self.inference = args.inference
     rng = np.random.default_rng(0)
     self.host_batch = {
@@ -318,6 +325,7 @@ def main(argv=None):
       "model": args.model, **widths, "batch_size": args.batch_size, "image_size": args.image_size,
       "dtype": args.dtype, "devices": len(devices), "device_kind": kind, "platform": platform,
       "scan_blocks": args.scan_blocks, "parallelism": args.parallelism,
+      "optimizer": args.optimizer, "grad_accum_steps": args.grad_accum_steps,
       "mode": "inference" if args.inference else "train", "cpu_overrides": not args.no_cpu_overrides,
       "malloc_defaults": args.keep_malloc_defaults,
       "batch_norm": "per device" if args.per_device_batch_norm else "synchronized",
