@@ -174,7 +174,8 @@ def model_overrides(scan_blocks: bool = False, backend: str | None = None) -> di
   On the CPU: every ReLU output is materialized once (`cpu_ops.materialized_relu`);
   convolutions whose output map is smaller than their window (3x3 on 2x2 or 1x1 maps, the
   last stages of ImageNet-style nets on small images) are one matrix product
-  (`cpu_ops.small_map_conv`); and with scanned blocks every other convolution's backward pass
+  (`cpu_ops.small_map_conv`); the stem's max-pool has an elementwise gradient
+  (`cpu_ops.max_pool`); and with scanned blocks every other convolution's backward pass
   is written in the canonical layout that XLA:CPU runs on its fast kernels inside loops too
   (`cpu_ops.canonical_conv`). Elsewhere (`backend`, default `jax.default_backend()`, is not
   'cpu'): no overrides. They change neither the variables nor the numbers (to float32
@@ -192,5 +193,5 @@ def model_overrides(scan_blocks: bool = False, backend: str | None = None) -> di
   conv = cpu_ops.small_map_conv
   if scan_blocks:
     conv = functools.partial(cpu_ops.small_map_conv, other=cpu_ops.canonical_conv)
-  return {"act": cpu_ops.materialized_relu,
+  return {"act": cpu_ops.materialized_relu, "pool": cpu_ops.max_pool,
           "conv": functools.partial(nn.Conv, conv_general_dilated=conv)}

@@ -1,5 +1,5 @@
-"""Formulations that XLA:CPU runs faster, computing the same numbers: `canonical_conv` and
-`materialize`. `flax_resnet.cpu.model_overrides` applies them to a ResNet from outside.
+"""Formulations that XLA:CPU runs faster, computing the same numbers: `canonical_conv`,
+`materialize`, `small_map_conv` and `max_pool`. `flax_resnet.cpu.model_overrides` applies them to a ResNet from outside.
 
 JAX differentiates a NHWC/HWIO convolution into two convolutions with permuted dimension
 numbers (input gradient: kernel 'HWOI'; weight gradient: 'CHWN' x 'HWNO'). XLA:CPU turns
@@ -24,6 +24,9 @@ convolution on 2x2 or 1x1 maps: the last stages of ImageNet ResNets on small ima
 matrix product of the gathered taps (im2col). XLA:CPU ran those, and the input gradient of a
 3x3/2 convolution onto such a map, several times slower than any other convolution, on Eigen and YNNPACK alike
 (benchmarks/README.md). Larger maps go to `lax.conv_general_dilated` unchanged.
+
+`max_pool` is the stem's max-pool with a gradient written as masked, strided elementwise
+work; XLA's select-and-scatter, the gradient JAX otherwise takes, ran 2-2.5 times slower.
 """
 
 from __future__ import annotations
@@ -189,3 +192,54 @@ def materialize(x):
 def materialized_relu(x):
   """ReLU whose output XLA:CPU computes once instead of inside each consumer."""
   return materialize(nn.relu(x))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool(x, window: tuple, strides: tuple, padding: tuple):
+  return lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1),
+                           ((0, 0), *padding, (0, 0)))
+
+
+def _max_pool_fwd(x, window, strides, padding):
+  y = _max_pool(x, window, strides, padding)
+  return y, (x, y)
+
+
+def _max_pool_bwd(window, strides, padding, residuals, g):
+  """Each output's gradient goes to the first maximum of its window in row-major order, as
+  XLA's select-and-scatter gives it, summed where windows overlap: one masked, strided
+  placement per tap, all elementwise."""
+  x, y = residuals
+  n, h, w, c = x.shape
+  _, ho, wo, _ = y.shape
+  (top, bottom), (left, right) = padding
+  xp = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=-jnp.inf)
+  hp, wp = xp.shape[1], xp.shape[2]
+  (sh, sw), dxp = strides, jnp.zeros_like(xp)
+  taken = jnp.zeros(y.shape, bool)
+  for i in range(window[0]):
+    for j in range(window[1]):
+      tap = lax.slice(xp, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c),
+                      (1, sh, sw, 1))
+      first = (tap == y) & ~taken
+      taken = taken | first
+      placed = lax.pad(jnp.where(first, g, 0).astype(x.dtype), jnp.zeros((), x.dtype),
+                       ((0, 0, 0), (i, hp - i - sh * (ho - 1) - 1, sh - 1),
+                        (j, wp - j - sw * (wo - 1) - 1, sw - 1), (0, 0, 0)))
+      dxp = dxp + placed
+  return (dxp[:, top:top + h, left:left + w, :],)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def max_pool(x, window_shape: Sequence[int], strides: Sequence[int], padding="VALID"):
+  """`nn.max_pool` for NHWC inputs with explicit padding (((top, bottom), (left, right)),
+  as the ResNet stem passes it), whose gradient is elementwise work instead of XLA's
+  select-and-scatter, which XLA:CPU ran 20-30 times slower than the pooling itself
+  (benchmarks/README.md). The same outputs, and the same gradients: each window's gradient
+  goes to its first maximum. Other paddings ('SAME', 'VALID') go to `nn.max_pool`."""
+  if isinstance(padding, str) or x.ndim != 4:
+    return nn.max_pool(x, tuple(window_shape), tuple(strides), padding=padding)
+  return _max_pool(x, tuple(window_shape), tuple(strides),
+                   tuple(tuple(p) for p in padding))

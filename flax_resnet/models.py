@@ -201,6 +201,7 @@ class Stem(nn.Module):
   conv: Callable[..., nn.Module] = nn.Conv
   norm: Callable[..., nn.Module] = nn.BatchNorm
   act: Callable = nn.relu
+  pool: Callable = nn.max_pool
   padding: str = "symmetric"
   normalize_output: bool = True
 
@@ -218,7 +219,7 @@ class Stem(nn.Module):
         x = self.act(self.norm(name=name.replace("conv", "bn"))(x))
     if self.kind == "cifar":
       return x
-    return nn.max_pool(x, (3, 3), (2, 2), padding=_padding(3, self.padding))
+    return self.pool(x, (3, 3), (2, 2), padding=_padding(3, self.padding))
 
 
 def _scan_step(block_cls):
@@ -298,9 +299,10 @@ class ResNet(nn.Module):
       compiles sooner, same numbers); its variables have the scanned layout
       stage{i}/blocks/... (see `scan_layout.unrolled_to_scanned`), the default is
       stage{i}/block{j}/....
-    conv: the convolution module (nn.Conv's signature) of every layer, and act: the
-      activation. They let a backend substitute an equivalent formulation that it runs
-      faster (flax_resnet.cpu.model_overrides) without changing the network.
+    conv: the convolution module (nn.Conv's signature) of every layer, act: the
+      activation, pool: the stem's max-pool (nn.max_pool's signature). They let a backend
+      substitute an equivalent formulation that it runs faster
+      (flax_resnet.cpu.model_overrides) without changing the network.
     drop_path_rate: stochastic depth: the last block's residual branch is dropped with this
       probability in training, earlier blocks' with linearly smaller ones down to 0 at the
       first (`drop_path_rates`, `DropPath`). Above 0, training needs the 'dropout' rng:
@@ -324,6 +326,7 @@ class ResNet(nn.Module):
   scan_blocks: bool = False
   conv: ModuleDef = nn.Conv
   act: Callable = nn.relu
+  pool: Callable = nn.max_pool
   shortcut_downsample: str = "stride"
   drop_path_rate: float = 0.0
 
@@ -366,7 +369,7 @@ class ResNet(nn.Module):
 
     features = {}
     x = jnp.asarray(x, self.dtype)
-    x = Stem(self.widths[0], self.stem, conv=conv, norm=norm, act=self.act,
+    x = Stem(self.widths[0], self.stem, conv=conv, norm=norm, act=self.act, pool=self.pool,
              padding=self.padding, normalize_output=not preactivation, name="stem")(x)
     features["stem"] = x
     for i, (num_blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
