@@ -126,7 +126,8 @@ class FlaxStep:
     axis_name = None if args.per_device_batch_norm else AXIS  # None: BN statistics per device
     # The CPU's module overrides, as the training loop passes them (none on GPU and TPU).
     if not args.no_cpu_overrides:
-      overrides.update(cpu.model_overrides(args.scan_blocks))
+      overrides.update(cpu.model_overrides(
+          in_loops=args.scan_blocks or args.grad_accum_steps > 1))
     model = create_model(args.model, axis_name=axis_name, dtype=dtype, **overrides)
     self.num_classes = model.num_classes
     config = default_config()  # the paper's SGD, as train.py's configs use it

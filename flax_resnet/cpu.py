@@ -168,16 +168,17 @@ def configure_cpu(device_count: int | None = None, reuse_host_memory: bool = Tru
   return count
 
 
-def model_overrides(scan_blocks: bool = False, backend: str | None = None) -> dict:
+def model_overrides(in_loops: bool = False, backend: str | None = None) -> dict:
   """ResNet field overrides that make XLA:CPU train faster, for `create_model(name, **...)`.
 
   On the CPU: every ReLU output is materialized once (`cpu_ops.materialized_relu`);
   convolutions whose output map is smaller than their window (3x3 on 2x2 or 1x1 maps, the
   last stages of ImageNet-style nets on small images) are one matrix product
   (`cpu_ops.small_map_conv`); the stem's max-pool has an elementwise gradient
-  (`cpu_ops.max_pool`); and with scanned blocks every other convolution's backward pass
-  is written in the canonical layout that XLA:CPU runs on its fast kernels inside loops too
-  (`cpu_ops.canonical_conv`). Elsewhere (`backend`, default `jax.default_backend()`, is not
+  (`cpu_ops.max_pool`); and with `in_loops`, for a model whose convolutions run inside a
+  loop (scanned blocks, or the micro-batch loop of gradient accumulation), every other
+  convolution's backward pass is written in the canonical layout that XLA:CPU runs on its
+  fast kernels inside loops too (`cpu_ops.canonical_conv`). Elsewhere (`backend`, default `jax.default_backend()`, is not
   'cpu'): no overrides. They change neither the variables nor the numbers (to float32
   rounding), only the operations XLA:CPU runs.
   """
@@ -191,7 +192,7 @@ def model_overrides(scan_blocks: bool = False, backend: str | None = None) -> di
 
   from flax_resnet import cpu_ops
   conv = cpu_ops.small_map_conv
-  if scan_blocks:
+  if in_loops:
     conv = functools.partial(cpu_ops.small_map_conv, other=cpu_ops.canonical_conv)
   return {"act": cpu_ops.materialized_relu, "pool": cpu_ops.max_pool,
           "conv": functools.partial(nn.Conv, conv_general_dilated=conv)}

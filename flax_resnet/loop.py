@@ -45,7 +45,9 @@ def build_model(config, num_classes: int):
                       zero_init_residual=config.zero_init_residual,
                       drop_path_rate=config.drop_path_rate,
                       scan_blocks=config.scan_blocks, dtype=compute_dtype(config),
-                      axis_name=AXIS, **widths, **cpu.model_overrides(config.scan_blocks))
+                      axis_name=AXIS, **widths,
+                      **cpu.model_overrides(in_loops=config.scan_blocks or
+                                            config.grad_accum_steps > 1))
 
 
 def prepare_workdir(workdir: str) -> str:

@@ -112,3 +112,41 @@ def test_large_batch_configs_are_valid():
   check_config(lars)
   assert optim.effective_learning_rate(goyal) == pytest.approx(0.1 * 8192 / 256)
   assert lars.optimizer == "lars" and lars.lr_schedule == "polynomial"
+
+
+def _permuted_convolutions(model, steps: int) -> list[str]:
+  """Convolutions of the compiled accumulated gradient that XLA:CPU runs without its fast
+  kernels (dimension numbers other than NHWC x HWIO -> NHWC)."""
+  import re
+
+  from flax_resnet.step import accumulated_grads
+  x = jnp.ones((4, 8, 8, 3))
+  variables = model.init(jax.random.key(0), x)
+
+  def loss_fn(params, stats, batch, index):
+    logits, new = model.apply({"params": params, "batch_stats": stats}, batch, train=True,
+                              mutable=["batch_stats"])
+    return logits.sum(), (logits, new["batch_stats"])
+
+  grads = lambda p: accumulated_grads(loss_fn, p, variables["batch_stats"], x, steps)[3]
+  hlo = jax.jit(grads).lower(variables["params"]).compile().as_text()
+  return [label for label in re.findall(r"dim_labels=(\S+?)[,\s]", hlo)
+          if label != "b01f_01io->b01f"]
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU layout question")
+def test_accumulation_keeps_cpu_convolutions_canonical():
+  """The micro-batches run in a loop, where XLA:CPU leaves the backward convolutions permuted
+  (slow kernels) unless they are written in its canonical layout: the training loop asks
+  cpu.model_overrides for loop-safe convolutions whenever grad_accum_steps > 1."""
+  from flax_resnet import cpu, cpu_ops, loop
+  from flax_resnet.registry import create_model
+  small = dict(widths=(4, 8, 16))
+  assert _permuted_convolutions(
+      create_model("cifar_resnet20", **small, **cpu.model_overrides(in_loops=True)), 2) == []
+  assert _permuted_convolutions(  # what the loop-safe convolutions prevent
+      create_model("cifar_resnet20", **small, **cpu.model_overrides(in_loops=False)), 2)
+  config = default_config()
+  config.model, config.grad_accum_steps = "cifar_resnet20", 2
+  conv = loop.build_model(config, num_classes=10).conv.keywords["conv_general_dilated"]
+  assert conv.keywords["other"] is cpu_ops.canonical_conv

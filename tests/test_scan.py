@@ -196,9 +196,9 @@ def test_scanned_blocks_keep_cpu_convolutions_canonical():
   must not leave any permuted convolution in the loop body (10-18x slower steps)."""
   name, overrides, size = "cifar_resnet20", dict(widths=(4, 8, 16)), 16
   unrolled = _non_canonical_convolutions(
-      create_model(name, **overrides, **cpu.model_overrides(scan_blocks=False)), size)
+      create_model(name, **overrides, **cpu.model_overrides(in_loops=False)), size)
   scanned = _non_canonical_convolutions(
-      create_model(name, scan_blocks=True, **overrides, **cpu.model_overrides(scan_blocks=True)),
+      create_model(name, scan_blocks=True, **overrides, **cpu.model_overrides(in_loops=True)),
       size)
   assert len(scanned) <= len(unrolled), scanned
   # Without the override, the loop body keeps permuted convolutions: the check has teeth.
@@ -240,13 +240,13 @@ def test_no_transpose_recomputes_the_residual_stream():
 
 
 def test_cpu_overrides_only_on_the_cpu_and_change_no_number():
-  assert cpu.model_overrides(scan_blocks=True, backend="gpu") == {}
-  assert cpu.model_overrides(scan_blocks=True, backend="tpu") == {}
+  assert cpu.model_overrides(in_loops=True, backend="gpu") == {}
+  assert cpu.model_overrides(in_loops=True, backend="tpu") == {}
   name, overrides, size = SMALL[0]
   x = jax.random.normal(jax.random.key(1), (4, size, size, 3))
   plain = create_model(name, scan_blocks=True, **overrides)
   fast = create_model(name, scan_blocks=True, **overrides,
-                      **cpu.model_overrides(scan_blocks=True, backend="cpu"))
+                      **cpu.model_overrides(in_loops=True, backend="cpu"))
   variables = plain.init(jax.random.key(0), x)
   assert jax.tree.structure(fast.init(jax.random.key(0), x)) == jax.tree.structure(variables)
   loss = lambda m: lambda p: m.apply({**variables, "params": p}, x, train=True,
