@@ -94,16 +94,17 @@ def test_configs_in_readme_commands_load_and_pass_the_checks():
   from flax_resnet.config import check_config
 
   text = (ROOT / "README.md").read_text()
-  names = sorted({name for span in code_spans(text)
-                  for name in re.findall(r"--config=configs/(\w+)\.py", span)})
+  names = sorted({found for span in code_spans(text)
+                  for found in re.findall(r"--config=configs/(\w+)\.py(?::(\w+))?", span)})
   assert names, "README.md names no --config=configs/NAME.py"
   problems = []
-  for name in names:
+  for name, arg in names:  # configs/NAME.py or configs/NAME.py:ARG (get_config(ARG))
     try:
-      check_config(importlib.import_module(f"configs.{name}").get_config())
+      module = importlib.import_module(f"configs.{name}")
+      check_config(module.get_config(arg) if arg else module.get_config())
     except Exception as e:  # noqa: BLE001  (report every config, then fail)
-      problems.append(f"README.md: --config=configs/{name}.py does not load or check: "
-                      f"{type(e).__name__}: {e}")
+      problems.append(f"README.md: --config=configs/{name}.py{':' + arg if arg else ''} does "
+                      f"not load or check: {type(e).__name__}: {e}")
   assert not problems, "\n".join(problems)
 
 
