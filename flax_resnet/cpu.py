@@ -179,8 +179,8 @@ def model_overrides(in_loops: bool = False, backend: str | None = None) -> dict:
   loop (scanned blocks, or the micro-batch loop of gradient accumulation), every other
   convolution's backward pass is written in the canonical layout that XLA:CPU runs on its
   fast kernels inside loops too (`cpu_ops.canonical_conv`). Elsewhere (`backend`, default
-  `jax.default_backend()`, is not 'cpu'): no overrides. They change neither the variables nor the numbers (to float32
-  rounding), only the operations XLA:CPU runs.
+  `jax.default_backend()`, is not 'cpu'): no overrides. They change neither the variables
+  nor the numbers (to float32 rounding), only the operations XLA:CPU runs.
   """
   import jax
 

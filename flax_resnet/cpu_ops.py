@@ -1,5 +1,6 @@
 """Formulations that XLA:CPU runs faster, computing the same numbers: `canonical_conv`,
-`materialize`, `small_map_conv` and `max_pool`. `flax_resnet.cpu.model_overrides` applies them to a ResNet from outside.
+`materialize`, `small_map_conv` and `max_pool`. `flax_resnet.cpu.model_overrides` applies
+them to a ResNet from outside.
 
 JAX differentiates a NHWC/HWIO convolution into two convolutions with permuted dimension
 numbers (input gradient: kernel 'HWOI'; weight gradient: 'CHWN' x 'HWNO'). XLA:CPU turns
@@ -26,7 +27,8 @@ matrix product of the gathered taps (im2col). XLA:CPU ran those, and the input g
 (benchmarks/README.md). Larger maps go to `lax.conv_general_dilated` unchanged.
 
 `max_pool` is the stem's max-pool with a gradient written as masked, strided elementwise
-work; XLA's select-and-scatter, the gradient JAX otherwise takes, ran 2-2.5 times slower.
+work; XLA's select-and-scatter, the gradient JAX otherwise takes, ran 1.7-2.3 times slower
+(benchmarks/README.md).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """`scan_blocks=True` (blocks 2..N of a stage compiled once with nn.scan) computes what the
 default unrolled network computes, the layout mappings between the two are exact inverses,
 and on the CPU, with `cpu.model_overrides`, the scanned blocks keep the fast convolution
-kernels (cpu_ops.canonical_conv), and no transpose recomputes the residual stream
-(cpu_ops.materialize)."""
+kernels (cpu_ops.canonical_conv), as does gradient accumulation's micro-batch loop, and no
+transpose recomputes the residual stream (cpu_ops.materialize)."""
 
 import functools
 import re
@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flax_resnet import cpu, optim
+from flax_resnet import cpu, loop, optim
 from flax_resnet.config import default_config
 from flax_resnet.cpu_ops import canonical_conv, materialize
 from flax_resnet.registry import create_model
@@ -20,7 +20,7 @@ from flax_resnet.scan_layout import (scanned_to_unrolled, to_scanned_layout, to_
                                      unrolled_to_scanned)
 from flax_resnet.parallel import DataParallel
 from flax_resnet.parallel import AXIS
-from flax_resnet.step import TrainState, create_train_state, train_step
+from flax_resnet.step import TrainState, accumulated_grads, create_train_state, train_step
 from train_utils import run_train, saved_state
 
 # A narrow CIFAR ResNet-20 (3 blocks per stage, option A shortcuts) and a narrow bottleneck
@@ -168,23 +168,25 @@ def test_canonical_conv_has_the_gradients_of_lax_conv(x_shape, w_shape, strides,
     np.testing.assert_allclose(ours_grad, grad, rtol=1e-5, atol=1e-5)
 
 
-def _compiled_gradient(model, size) -> str:
-  """HLO text of the compiled train-mode gradient of `model` on `size` x `size` images."""
+def _compiled_gradient(model, size, accum_steps: int = 1) -> str:
+  """HLO text of the compiled train-mode gradient of `model` on `size` x `size` images, the
+  batch in `accum_steps` micro-batches run in a loop (step.accumulated_grads) if above 1."""
   x = _images(size)
   variables = model.init(jax.random.key(0), x)
 
-  def loss(params):
-    logits, _ = model.apply({**variables, "params": params}, x, train=True,
-                            mutable=["batch_stats"])
-    return logits.sum()
+  def loss_fn(params, stats, batch, index):
+    logits, new = model.apply({"params": params, "batch_stats": stats}, batch, train=True,
+                              mutable=["batch_stats"])
+    return logits.sum(), (logits, new["batch_stats"])
 
-  return jax.jit(jax.grad(loss)).lower(variables["params"]).compile().as_text()
+  grads = lambda p: accumulated_grads(loss_fn, p, variables["batch_stats"], x, accum_steps)[3]
+  return jax.jit(grads).lower(variables["params"]).compile().as_text()
 
 
-def _non_canonical_convolutions(model, size):
+def _non_canonical_convolutions(model, size, accum_steps: int = 1):
   """Convolutions of the compiled train-mode gradient that XLA:CPU runs without its
   Eigen/YNNPACK kernels (dimension numbers other than NHWC x HWIO -> NHWC)."""
-  hlo = _compiled_gradient(model, size)
+  hlo = _compiled_gradient(model, size, accum_steps)
   labels = re.findall(r"dim_labels=(\S+?)[,\s]", hlo)
   assert labels, "no convolution found in the compiled step"
   return [label for label in labels if label != "b01f_01io->b01f"]
@@ -204,6 +206,21 @@ def test_scanned_blocks_keep_cpu_convolutions_canonical():
   # Without the override, the loop body keeps permuted convolutions: the check has teeth.
   plain = _non_canonical_convolutions(create_model(name, scan_blocks=True, **overrides), size)
   assert len(plain) > len(unrolled), plain
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU layout question")
+def test_accumulation_keeps_cpu_convolutions_canonical():
+  """Gradient accumulation runs its micro-batches in a loop too: the training loop asks
+  cpu.model_overrides for loop-safe convolutions whenever grad_accum_steps > 1."""
+  name, overrides, size = SMALL[0]
+  assert _non_canonical_convolutions(
+      create_model(name, **overrides, **cpu.model_overrides(in_loops=True)), size, 2) == []
+  assert _non_canonical_convolutions(  # what the loop-safe convolutions prevent
+      create_model(name, **overrides, **cpu.model_overrides(in_loops=False)), size, 2)
+  config = default_config()
+  config.model, config.grad_accum_steps = name, 2
+  conv = loop.build_model(config, num_classes=10).conv.keywords["conv_general_dilated"]
+  assert conv.keywords["other"] is canonical_conv
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
