@@ -58,7 +58,10 @@ def draw_all(rows: list[dict], runs_dir: str, out_dir: str) -> list[str]:
         ax.plot(steps, test, color=f"C{i}", lw=2, ls="--", marker=".", label=f"{name} test")
       ax.set(title=panel, xlabel="iterations", ylabel="error (%)")
       ax.grid(alpha=0.3)
-      ax.legend(fontsize=7)
+      if any(runs[name] for name in names):
+        ax.legend(fontsize=7)
+      else:
+        ax.text(0.5, 0.5, "not run yet", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(title)
     fig.tight_layout()
     written.append(os.path.join(out_dir, filename))
