@@ -5,6 +5,10 @@
 addition of the shortcut, in inference mode. Residual layers respond with smaller magnitudes
 than plain ones, and deeper residual nets with smaller ones still: the paper's evidence that
 residual functions are closer to zero than unreferenced ones.
+
+`output_scale` and `kernel_norm` measure two things that explain how a recipe treats a net:
+how large its logits and loss are at the first training step, and how far its convolution
+kernels have grown, which sets the effective step size behind BatchNorm.
 """
 
 from __future__ import annotations
@@ -12,8 +16,10 @@ from __future__ import annotations
 import re
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from flax_resnet import scan_layout
 
@@ -59,3 +65,31 @@ def layer_responses(model, variables, images, return_names: bool = False):
   if return_names:
     return stds, ["/".join(path) for path, _ in found]
   return stds
+
+
+def output_scale(model, variables, images, labels) -> dict[str, float]:
+  """What a training step sees of the network's output: the standard deviation of the logits
+  over `images` (NHWC) and classes, and the mean cross-entropy against integer `labels`, with
+  BatchNorm normalizing by the batch's own statistics as in training. On freshly initialized
+  variables this is the first step's loss: a residual net adds each block's unit-variance
+  branch to its shortcut, so its logits start larger than a plain net's."""
+  model = model.clone(axis_name=None) if hasattr(model, "axis_name") else model
+  logits, _ = model.apply(variables, jnp.asarray(images), train=True, mutable=["batch_stats"],
+                          rngs={"dropout": jax.random.key(0)})  # for stochastic depth, if any
+  logits = logits.astype(jnp.float32)
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(labels)).mean()
+  return {"logit_std": float(jnp.std(logits)), "loss": float(loss)}
+
+
+def kernel_norm(params) -> float:
+  """The global L2 norm of all convolution kernels in `params` (the leaves named 'kernel' with
+  a spatial window: 4-D, or 5-D when blocks are stacked for `scan_blocks`).
+
+  Behind BatchNorm a network's output does not depend on the scale of a kernel, and the
+  gradient shrinks as the kernel grows: an SGD step moves a kernel that has grown k-fold by
+  about 1/k^2 of the angle it would have moved at its initial norm. Comparing the norm at the
+  end of a run with the one at its start shows how much a net's effective learning rate fell.
+  """
+  kernels = [leaf for path, leaf in jax.tree.leaves_with_path(params)
+             if getattr(path[-1], "key", None) == "kernel" and leaf.ndim >= 4]
+  return float(np.sqrt(sum(float(jnp.sum(jnp.square(k.astype(jnp.float32)))) for k in kernels)))

@@ -11,7 +11,9 @@ source (`git worktree add`), so that later commits cannot change a run halfway.
 Then, for every finished run, it writes into --out (default: this folder):
   runs/NAME/metrics.jsonl   the run's metrics
   results.json              {"runs": [{name, model, shortcut, image_size, steps, train_error,
-                             test_error, params, mean_layer_response, wall_seconds, machine}]}
+                             test_error, params, mean_layer_response, layer_responses,
+                             initial_logit_std, initial_loss, initial_kernel_norm,
+                             final_kernel_norm, wall_seconds, machine}]}
   figures/*.png             training error (solid) and test error (dashed) against iterations,
                             like the paper's Figures 4 and 6, and the layer responses (Fig. 7)
 """
@@ -118,11 +120,15 @@ def _last_line(run_dir: str) -> str:
 
 
 def summarize(name: str, run_dir: str, data_dir: str | None) -> dict:
-  """One row of results.json from a finished run's metrics and final checkpoint."""
+  """One row of results.json from a finished run's metrics and final checkpoint, with the
+  analyses that explain it: layer responses (Fig. 7) on RESPONSE_IMAGES test images; the
+  first step's logit scale and loss, from the run's own initial weights (its model and seed)
+  on one batch of test images; the convolution kernels' global norm at the start and the end."""
+  import jax
   import jax.numpy as jnp
   import numpy as np
-  from flax_resnet import count_params, create_model
-  from flax_resnet.analysis import layer_responses
+  from flax_resnet import count_params, create_model, loop
+  from flax_resnet.analysis import kernel_norm, layer_responses, output_scale
   from flax_resnet.checkpointing import read_state
   from flax_resnet.data import datasets, pipeline
 
@@ -137,10 +143,17 @@ def summarize(name: str, run_dir: str, data_dir: str | None) -> dict:
   model = create_model(config.model, num_classes=10, shortcut=config.shortcut)
   state = read_state(os.path.join(run_dir, "checkpoints"))
   config.eval_examples, config.eval_flip = RESPONSE_IMAGES, False
-  images = np.concatenate([b["image"] for b in pipeline.create_eval_iterator(
-      config, process_index=0, process_count=1)])[:RESPONSE_IMAGES]
+  batches = list(pipeline.create_eval_iterator(config, process_index=0, process_count=1))
+  images = np.concatenate([b["image"] for b in batches])[:RESPONSE_IMAGES]
+  labels = np.concatenate([b["label"] for b in batches])[:RESPONSE_IMAGES]
   responses = layer_responses(model, {"params": state["params"],
                                       "batch_stats": state["batch_stats"]}, jnp.asarray(images))
+  # The weights the run started from: train.py initializes its model with config.seed.
+  run_model = loop.build_model(config, num_classes=10)
+  initial = run_model.init(jax.random.key(config.seed), jnp.zeros((1, size, size, 1)),
+                           train=False)
+  first_step = output_scale(run_model, initial, images[:config.batch_size],
+                            labels[:config.batch_size])
   info = _read_json(os.path.join(run_dir, "run.json"), {})
   return {"name": name, "model": config.model,
           "shortcut": None if config.model.startswith(("plain", "cifar_plain")) else config.shortcut,
@@ -150,6 +163,10 @@ def summarize(name: str, run_dir: str, data_dir: str | None) -> dict:
           "params": count_params(model, (1, size, size, 1)),
           "mean_layer_response": float(np.mean(responses)),
           "layer_responses": [round(float(s), 5) for s in responses],
+          "initial_logit_std": round(first_step["logit_std"], 4),
+          "initial_loss": round(first_step["loss"], 4),
+          "initial_kernel_norm": round(kernel_norm(initial["params"]), 2),
+          "final_kernel_norm": round(kernel_norm(state["params"]), 2),
           "wall_seconds": round(info.get("wall_seconds", 0.0)), "machine": info.get("machine")}
 
 

@@ -1,4 +1,4 @@
-"""flax_resnet.analysis.layer_responses: the paper's Figure 7 measurement."""
+"""flax_resnet.analysis: layer responses (the paper's Figure 7), output scale and kernel norm."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,7 @@ import pytest
 from jax import lax
 
 from flax_resnet import create_model
-from flax_resnet.analysis import layer_responses
+from flax_resnet.analysis import kernel_norm, layer_responses, output_scale
 from flax_resnet.scan_layout import to_scanned_layout
 
 
@@ -60,3 +60,43 @@ def test_scanned_blocks_give_the_same_responses():
   scanned = create_model("cifar_resnet20", widths=(4, 8, 8), scan_blocks=True)
   np.testing.assert_allclose(layer_responses(scanned, to_scanned_layout(variables), x),
                              layer_responses(model, variables, x), rtol=1e-5)
+
+
+def test_output_scale_is_the_training_mode_logits_std_and_loss():
+  model = create_model("cifar_resnet20", num_classes=10, widths=(4, 8, 8))
+  x = jax.random.normal(jax.random.key(0), (8, 16, 16, 3))
+  labels = jnp.arange(8) % 10
+  variables = model.init(jax.random.key(1), x)
+  # Running statistics far from the batch's: training mode must not use them.
+  variables = {"params": variables["params"],
+               "batch_stats": jax.tree.map(lambda s: s + 5.0, variables["batch_stats"])}
+  scale = output_scale(model, variables, x, labels)
+  logits, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  expected_loss = -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(8), labels])
+  np.testing.assert_allclose(scale["logit_std"], float(jnp.std(logits)), rtol=1e-5)
+  np.testing.assert_allclose(scale["loss"], float(expected_loss), rtol=1e-5)
+  inference = model.apply(variables, x, train=False)
+  assert abs(float(jnp.std(inference)) - scale["logit_std"]) > 1e-3
+
+
+def test_output_scale_runs_a_model_built_for_synchronized_batch_norm():
+  model = create_model("cifar_plain20", num_classes=10, widths=(4, 8, 8), axis_name="batch")
+  x = jax.random.normal(jax.random.key(0), (4, 16, 16, 3))
+  variables = model.init(jax.random.key(1), x)
+  scale = output_scale(model, variables, x, jnp.zeros(4, jnp.int32))
+  assert scale["logit_std"] > 0 and scale["loss"] > 0
+
+
+def test_kernel_norm_counts_convolution_kernels_only_in_either_layout():
+  model = create_model("cifar_resnet20", widths=(4, 8, 8))
+  x = jnp.zeros((1, 16, 16, 3))
+  params = model.init(jax.random.key(1), x)["params"]
+  convs = [leaf for path, leaf in jax.tree.leaves_with_path(params)
+           if path[-1].key == "kernel" and leaf.ndim == 4]
+  assert len(convs) == 19  # 19 convolutions; the classifier's 2-D kernel is left out
+  expected = float(np.sqrt(sum(np.sum(np.square(np.asarray(c))) for c in convs)))
+  np.testing.assert_allclose(kernel_norm(params), expected, rtol=1e-6)
+  doubled = jax.tree.map(lambda p: 2 * p, params)
+  np.testing.assert_allclose(kernel_norm(doubled), 2 * expected, rtol=1e-6)
+  scanned = to_scanned_layout({"params": params})["params"]
+  np.testing.assert_allclose(kernel_norm(scanned), expected, rtol=1e-6)

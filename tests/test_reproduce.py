@@ -45,8 +45,13 @@ def test_runner_trains_skips_finished_runs_and_reports(tmp_path, fashion_mnist_d
     assert row["steps"] == 4 and row["image_size"] == 28
     assert 0 <= row["train_error"] <= 1 and 0 <= row["test_error"] <= 1
     assert len(row["layer_responses"]) == 19 and row["mean_layer_response"] > 0
+    assert row["initial_loss"] > 0 and row["final_kernel_norm"] > 0
+    assert row["initial_kernel_norm"] != row["final_kernel_norm"]  # the steps moved them
     assert (out / "runs" / row["name"] / "metrics.jsonl").exists()
   assert results[0]["shortcut"] is None and results[1]["shortcut"] == "A"
+  # The paper's nets at initialization: each residual block adds to its shortcut, so
+  # ResNet-20 starts with larger logits than plain-20, whose BatchNorms reset the scale.
+  assert results[1]["initial_logit_std"] > 2 * results[0]["initial_logit_std"]
   from flax_resnet import count_params, create_model
   one_channel = count_params(create_model("cifar_resnet20", num_classes=10), (1, 28, 28, 1))
   assert results[0]["params"] == results[1]["params"] == one_channel  # option A: no parameters
