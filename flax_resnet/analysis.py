@@ -19,9 +19,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from flax_resnet import scan_layout
+from flax_resnet.step import cross_entropy
 
 _BN = re.compile(r"bn(\d*)")
 
@@ -77,7 +77,7 @@ def output_scale(model, variables, images, labels) -> dict[str, float]:
   logits, _ = model.apply(variables, jnp.asarray(images), train=True, mutable=["batch_stats"],
                           rngs={"dropout": jax.random.key(0)})  # for stochastic depth, if any
   logits = logits.astype(jnp.float32)
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(labels)).mean()
+  loss = cross_entropy(logits, jnp.asarray(labels), logits.shape[-1]).mean()  # the step's own
   return {"logit_std": float(jnp.std(logits)), "loss": float(loss)}
 
 

@@ -127,10 +127,12 @@ def summarize(name: str, run_dir: str, data_dir: str | None) -> dict:
   import jax
   import jax.numpy as jnp
   import numpy as np
+  import optax
   from flax_resnet import count_params, create_model, loop
   from flax_resnet.analysis import kernel_norm, layer_responses, output_scale
   from flax_resnet.checkpointing import read_state
   from flax_resnet.data import datasets, pipeline
+  from flax_resnet.step import create_train_state
 
   config = studies.get_config(name)
   config.data_dir = data_dir
@@ -148,10 +150,11 @@ def summarize(name: str, run_dir: str, data_dir: str | None) -> dict:
   labels = np.concatenate([b["label"] for b in batches])[:RESPONSE_IMAGES]
   responses = layer_responses(model, {"params": state["params"],
                                       "batch_stats": state["batch_stats"]}, jnp.asarray(images))
-  # The weights the run started from: train.py initializes its model with config.seed.
+  # The weights the run started from: train.py's model and initialization, with config.seed.
   run_model = loop.build_model(config, num_classes=10)
-  initial = run_model.init(jax.random.key(config.seed), jnp.zeros((1, size, size, 1)),
-                           train=False)
+  start = create_train_state(run_model, optax.identity(), (size, size, 1),
+                             jax.random.key(config.seed))
+  initial = {"params": start.params, "batch_stats": start.batch_stats}
   first_step = output_scale(run_model, initial, images[:config.batch_size],
                             labels[:config.batch_size])
   info = _read_json(os.path.join(run_dir, "run.json"), {})
