@@ -12,7 +12,6 @@ import functools
 import os
 from typing import Any, Mapping, NamedTuple, Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,7 +19,7 @@ from PIL import Image
 
 from flax_resnet.data.statistics import IMAGENET_MEAN, IMAGENET_STD
 from flax_resnet.imagenet_classes import IMAGENET_CLASSES
-from flax_resnet.models import ResNet
+from flax_resnet.models import ResNet, classifier
 
 
 def load_image(image: str | os.PathLike | Image.Image | np.ndarray) -> Image.Image:
@@ -131,6 +130,7 @@ def replace_head(model: ResNet, variables: Mapping[str, Any], num_classes: int,
   if num_classes < 1:
     raise ValueError(f"num_classes must be positive; got {num_classes}")
   in_features = params["fc"]["kernel"].shape[0]
-  fc = nn.Dense(num_classes).init(rng, jnp.zeros((1, in_features), jnp.float32))["params"]
+  fc = classifier(num_classes, in_features).init(
+      rng, jnp.zeros((1, in_features), jnp.float32))["params"]
   new_variables = {**variables, "params": {**params, "fc": fc}}
   return model.clone(num_classes=num_classes), new_variables
