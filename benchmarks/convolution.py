@@ -5,7 +5,7 @@
         [--formulation=direct|width_taps|all_taps]
 
 Why: a ResNet's train step is mostly convolutions, and on the CPU XLA hands them to one of two
-libraries (YNNPACK or Eigen, `flax_resnet.cpu.default_convolution_library`) whose speed
+libraries (Eigen, `flax_resnet.cpu.DEFAULT_CONVOLUTION_LIBRARY`, or YNNPACK) whose speed
 depends on the CPU and differs between the three convolutions of a training step. This prints
 each one's best time over `--calls` calls and its GFLOP/s, so the choice can be checked on a
 new machine; pin it to one core (`taskset -c 0`) to compare libraries core for core.

@@ -3,9 +3,9 @@
 Two kinds of choice live here, both leaving the numbers a run computes unchanged:
 - XLA:CPU settings, made through XLA_FLAGS before JAX starts its backend (`configure_cpu`):
   one virtual device per core, so the data-parallel step runs one program per core (XLA:CPU
-  keeps about one core busy per device); the convolution library that is faster on this
-  CPU (Eigen on x86 without AVX-512, where YNNPACK's weight-gradient convolutions are slow;
-  YNNPACK, XLA's default, elsewhere); and glibc's malloc told to keep freed memory, since
+  keeps about one core busy per device); the convolution library, Eigen unless asked
+  otherwise (exact in float32 on every CPU, where XLA's default, YNNPACK, was not on one
+  with AMX); and glibc's malloc told to keep freed memory, since
   XLA:CPU allocates every execution's buffers anew and glibc would unmap and fault them in
   again each step.
 - Module overrides (`model_overrides`): formulations of the model's operations that XLA:CPU
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 import re
 import sys
 from importlib import metadata, util
@@ -32,7 +31,12 @@ _DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 _YNN_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 # XLA's default library fusions less YNNPACK's convolutions: those then run on Eigen.
 _EIGEN_CONVOLUTIONS = f"{_YNN_FUSION_FLAG}=-LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"
-CONVOLUTION_LIBRARIES = ("ynnpack", "eigen")
+CONVOLUTION_LIBRARIES = ("eigen", "ynnpack")
+# Eigen computes float32 convolutions in float32 on every CPU. YNNPACK, XLA's own default, is
+# faster on some AVX-512 CPUs, but on a CPU with AMX a resnet18 step on it was measured 400x
+# further from its float64 value than PyTorch's float32 step (benchmarks/README.md, "Which
+# convolution library?"). Exactness first: Eigen unless asked otherwise.
+DEFAULT_CONVOLUTION_LIBRARY = "eigen"
 # Picks the library for train.py and the benchmarks, e.g. FLAX_RESNET_CONVOLUTIONS=ynnpack.
 CONVOLUTIONS_ENV = "FLAX_RESNET_CONVOLUTIONS"
 
@@ -47,39 +51,10 @@ def default_cpu_device_count() -> int:
   return max(1, cores)
 
 
-def _cpu_feature_flags() -> set[str] | None:
-  """The CPU's feature flags from /proc/cpuinfo (Linux), or None where they cannot be read."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("flags"):
-          return set(line.partition(":")[2].split())
-  except OSError:
-    pass
-  return None
-
-
-def default_convolution_library(machine: str | None = None,
-                                cpu_flags: set[str] | None = None) -> str:
-  """'eigen' on x86-64 CPUs without AVX-512, else 'ynnpack' (XLA's own choice).
-
-  Without AVX-512 YNNPACK's weight-gradient convolutions are several times slower than
-  Eigen's; with AVX-512 YNNPACK's whole step is the faster (benchmarks/README.md). The
-  arguments default to this machine's (`platform.machine()`, /proc/cpuinfo).
-  """
-  machine = (machine or platform.machine()).lower()
-  if machine not in ("x86_64", "amd64"):
-    return "ynnpack"
-  flags = _cpu_feature_flags() if cpu_flags is None else cpu_flags
-  if flags is None:  # unknown CPU: leave XLA's choice
-    return "ynnpack"
-  return "ynnpack" if "avx512f" in flags else "eigen"
-
-
 def resolve_convolution_library(library: str | None = None) -> str:
   """`library` if given, else FLAX_RESNET_CONVOLUTIONS if set, else
-  `default_convolution_library()`; checked against CONVOLUTION_LIBRARIES."""
-  chosen = library or os.environ.get(CONVOLUTIONS_ENV) or default_convolution_library()
+  DEFAULT_CONVOLUTION_LIBRARY; checked against CONVOLUTION_LIBRARIES."""
+  chosen = library or os.environ.get(CONVOLUTIONS_ENV) or DEFAULT_CONVOLUTION_LIBRARY
   if chosen not in CONVOLUTION_LIBRARIES:
     source = "asked for" if library else f"in {CONVOLUTIONS_ENV}"
     raise ConfigError(f"unknown convolution library {chosen!r} {source}; use one of "
@@ -133,8 +108,8 @@ def cpu_is_the_platform() -> bool:
 def configure_cpu(device_count: int | None = None, reuse_host_memory: bool = True,
                   convolution_library: str | None = None) -> int:
   """Makes JAX's CPU backend expose `device_count` devices (default: one per core) and run its
-  convolutions with `convolution_library` ('ynnpack' or 'eigen'; default: the environment
-  variable FLAX_RESNET_CONVOLUTIONS, else `default_convolution_library()`).
+  convolutions with `convolution_library` ('eigen' or 'ynnpack'; default: the environment
+  variable FLAX_RESNET_CONVOLUTIONS, else DEFAULT_CONVOLUTION_LIBRARY).
 
   Does nothing to GPU or TPU backends (the flags only concern the host platform), and leaves
   a device count or YNNPACK fusion setting already in XLA_FLAGS alone, so a user's setting

@@ -25,8 +25,8 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 
 from flax_resnet import cpu  # noqa: E402  (starts no backend)
 
-# The convolution library is train.py's default for this CPU (flax_resnet.cpu): Eigen's on x86
-# without AVX-512, YNNPACK elsewhere; tests/test_cpu.py runs both.
+# The convolution library is train.py's default (flax_resnet.cpu): Eigen, exact in float32 on
+# every CPU; tests/test_cpu.py sets both libraries.
 
 # As train.py does: freed host memory kept for reuse (the device count of 8 above stays).
 cpu.configure_cpu()
