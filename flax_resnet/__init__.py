@@ -17,7 +17,7 @@ from flax_resnet.models import (
 )
 from flax_resnet.preact import PreActBasicBlock, PreActBottleneckBlock
 from flax_resnet.stochastic_depth import DropPath
-from flax_resnet.registry import (
+from flax_resnet.named_models import (
     create_model,
     model_names,
     ResNet18,

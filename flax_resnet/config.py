@@ -18,14 +18,14 @@ import difflib
 
 import ml_collections
 
-from flax_resnet import models, parallel, registry
+from flax_resnet import models, named_models, parallel
 from flax_resnet.errors import ConfigError
 
 # Where Debian's dataset-fashion-mnist package puts the four IDX files.
 DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 # Allowed values of the fields that take a name. Model and dataset names are the keys of
-# registry.MODEL_SPECS and data.datasets.DATASETS; the options a module owns are its own.
+# named_models.MODEL_SPECS and data.datasets.DATASETS; the options a module owns are its own.
 CHOICES = {
     "shortcut": models.SHORTCUT_OPTIONS,
     "imagenet_train_augmentation": ("paper", "inception"),
@@ -190,15 +190,15 @@ def check_config(config) -> None:
   if missing:
     raise ConfigError(f"config lacks field(s) {missing}; start from "
                       "flax_resnet.default_config() and override what differs")
-  if config.model not in registry.MODEL_SPECS:
+  if config.model not in named_models.MODEL_SPECS:
     raise ConfigError(f"unknown model {config.model!r}; valid models: "
-                      f"{', '.join(registry.MODEL_SPECS)}")
-  stages = len(registry.MODEL_SPECS[config.model]["stage_sizes"])
+                      f"{', '.join(named_models.MODEL_SPECS)}")
+  stages = len(named_models.MODEL_SPECS[config.model]["stage_sizes"])
   if config.widths and (len(config.widths) != stages
                         or not all(isinstance(w, int) and w > 0 for w in config.widths)):
     raise ConfigError(f"config.widths={tuple(config.widths)} must be {stages} positive integers "
                       f"(one per stage of {config.model}), or () for the model's own "
-                      f"{registry.MODEL_SPECS[config.model]['widths']}")
+                      f"{named_models.MODEL_SPECS[config.model]['widths']}")
   from flax_resnet.data.datasets import DATASETS  # imports TensorFlow: only when training
   if config.dataset not in DATASETS:
     raise ConfigError(f"unknown dataset {config.dataset!r}; valid datasets: "
@@ -213,7 +213,7 @@ def check_config(config) -> None:
       and config.dataset in ("imagenet2012", "image_folder")):
     raise ConfigError("config.eval_flip and config.imagenet_eval_crop='ten_crop' do not combine: "
                       "the ten crops already include the mirrored ones; set one of them")
-  if config.drop_path_rate and not registry.MODEL_SPECS[config.model]["block_cls"].residual:
+  if config.drop_path_rate and not named_models.MODEL_SPECS[config.model]["block_cls"].residual:
     raise ConfigError(f"config.drop_path_rate drops residual branches; {config.model} has no "
                       "shortcuts: set it to 0 or choose a residual model")
   if config.lr_schedule == "polynomial" and config.lr_end >= config.learning_rate * (

@@ -24,7 +24,7 @@ from flax_resnet import cpu, fs, optim, scan_layout
 from flax_resnet.checkpointing import Checkpointer
 from flax_resnet.config import check_config
 from flax_resnet.errors import CheckpointError, ConfigError, TrainingDiverged
-from flax_resnet.registry import MODEL_SPECS, create_model
+from flax_resnet.named_models import MODEL_SPECS, create_model
 from flax_resnet.parallel import AXIS, DataParallel
 from flax_resnet.reporting import Reporter
 from flax_resnet.step import create_train_state, eval_step, train_step, with_ema

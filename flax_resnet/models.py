@@ -4,7 +4,7 @@ Reading order, as in torchvision's resnet.py: the shortcut (`Shortcut`), the two
 blocks (`BasicBlock`, `BottleneckBlock`) and their plain forms, the stem (`Stem`), a stage
 (`Stage`) and the network (`ResNet`). The pre-activation blocks of He et al. (ECCV 2016) are
 in preact.py, stochastic depth in stochastic_depth.py, the named networks
-(`create_model('resnet50')`) in registry.py.
+(`create_model('resnet50')`) in named_models.py.
 
 Beyond the 2016 paper, "Bag of Tricks" (He et al., CVPR 2019) gives two options: ResNet-C's
 deep stem (`stem='deep'`) and ResNet-D's average-pooled projection shortcuts

@@ -15,7 +15,7 @@ import pytest
 from flax_resnet import cpu, loop, optim
 from flax_resnet.config import default_config
 from flax_resnet.cpu_ops import canonical_conv, materialize
-from flax_resnet.registry import create_model
+from flax_resnet.named_models import create_model
 from flax_resnet.scan_layout import (scanned_to_unrolled, to_scanned_layout, to_unrolled_layout,
                                      unrolled_to_scanned)
 from flax_resnet.parallel import DataParallel
