@@ -40,7 +40,7 @@ from flax_resnet.named_models import (
     CifarPlain56,
     CifarPlain110,
 )
-from flax_resnet.summary import count_macs, count_params, summary
+from flax_resnet.counting import count_macs, count_params, summary
 
 __version__ = "0.1.0"
 

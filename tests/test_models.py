@@ -8,7 +8,7 @@ import pytest
 
 import flax_resnet
 from flax_resnet import count_macs, count_params, create_model, summary
-from flax_resnet.summary import layers
+from flax_resnet.counting import layers
 from flax_resnet.models import BasicBlock, BottleneckBlock, Shortcut
 from flax_resnet.preact import PreActBasicBlock, PreActBottleneckBlock
 from flax_resnet.stochastic_depth import DropPath, drop_path_rates
