@@ -22,7 +22,7 @@ import jax
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core.download import download_manager
 
-from flax_resnet.data import fashion_mnist, image_folder, order
+from flax_resnet.data import fashion_mnist, image_folder, sharding
 from flax_resnet.data.statistics import (CIFAR10_MEAN, CIFAR10_STD, FASHION_MNIST_MEAN,
                                          FASHION_MNIST_STD, IMAGENET_MEAN, IMAGENET_STD)
 from flax_resnet import fs
@@ -116,7 +116,7 @@ def steps_per_epoch(config, process_count: int | None = None) -> int:
   """Training steps in one epoch, at least 1: each host yields (its equal slice of the training
   examples) // (per-host batch) batches. process_count: JAX's if None."""
   process_count = jax.process_count() if process_count is None else process_count
-  batch = order.train_batch(config, process_count)
+  batch = sharding.train_batch(config, process_count)
   return max(1, (dataset_info(config).num_train_examples // process_count) // batch)
 
 
@@ -140,14 +140,14 @@ def check_data(config, process_count: int | None = None) -> None:
   """
   process_count = jax.process_count() if process_count is None else process_count
   check_cache(config)
-  batch = order.train_batch(config, process_count)
-  order.eval_batch(config, process_count)
+  batch = sharding.train_batch(config, process_count)
+  sharding.eval_batch(config, process_count)
   if config.dataset == "image_folder":
     folder = image_folder.checked(config)
-    order.check_batch_fits(batch, len(folder.train.paths) // process_count, folder.root)
+    sharding.check_batch_fits(batch, len(folder.train.paths) // process_count, folder.root)
     return
   prepared_builder(config)
-  order.check_batch_fits(batch, dataset_info(config).num_train_examples // process_count,
+  sharding.check_batch_fits(batch, dataset_info(config).num_train_examples // process_count,
                    config.dataset)
 
 
