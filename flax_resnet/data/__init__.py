@@ -2,7 +2,7 @@
 (`datasets`), the per-dataset normalization statistics (`statistics`), augmentation ops
 (`augment`), which example goes to which host and step (`sharding`), the training and evaluation
 iterators (`pipeline`), a folder of the user's images (`image_folder`), Fashion-MNIST prepared
-offline (`fashion_mnist`), and TensorFlow kept off the accelerators (`tf_host`).
+offline (`fashion_mnist`), and TensorFlow kept off the accelerators (`tf_cpu_only`).
 
 Importing this package imports nothing heavy; `statistics` imports nothing at all, and the
 other modules import TensorFlow.

@@ -24,7 +24,7 @@ import numpy as np
 
 from flax_resnet import fs
 from flax_resnet.data import sharding
-from flax_resnet.data.tf_host import tf
+from flax_resnet.data.tf_cpu_only import tf
 from flax_resnet.errors import ConfigError, DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")  # tf.io.decode_image's

@@ -25,7 +25,7 @@ import tensorflow_datasets as tfds
 
 from flax_resnet.data import augment, datasets, image_folder, sharding
 from flax_resnet.data.datasets import DATASETS, dataset_info
-from flax_resnet.data.tf_host import tf
+from flax_resnet.data.tf_cpu_only import tf
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from flax_resnet.data.tf_host import tf
+from flax_resnet.data.tf_cpu_only import tf
 from flax_resnet.errors import ConfigError, DataError
 
 
