@@ -121,7 +121,9 @@ class Block(nn.Module):
   norm: Callable[..., nn.Module] = nn.BatchNorm
   act: Callable = nn.relu
   padding: str = "symmetric"
-  zero_init_last_bn: bool = False
+  # Start the residual branch's last layer at zero, so that the fresh block is the identity:
+  # its last BN's scale here, its last convolution in the pre-activation blocks (preact.py).
+  zero_init_residual: bool = False
   deterministic: bool = True
 
 
@@ -137,7 +139,7 @@ class BasicBlock(Block):
     y = self.conv(self.features, (3, 3), s, padding=_padding(3, self.padding), name="conv1")(x)
     y = self.act(self.norm(name="bn1")(y))
     y = self.conv(self.features, (3, 3), padding=_padding(3, self.padding), name="conv2")(y)
-    y = self.norm(name="bn2", scale_init=_last_bn_scale_init(self.zero_init_last_bn))(y)
+    y = self.norm(name="bn2", scale_init=_last_bn_scale_init(self.zero_init_residual))(y)
     if self.residual:
       y = DropPath(self.deterministic)(y, drop_path_rate) + Shortcut(
           self.features, self.strides, self.shortcut, self.conv, self.norm,
@@ -166,7 +168,7 @@ class BottleneckBlock(Block):
     y = self.act(self.norm(name="bn2")(y))
     out = self.features * self.expansion
     y = self.conv(out, (1, 1), padding="VALID", name="conv3")(y)
-    y = self.norm(name="bn3", scale_init=_last_bn_scale_init(self.zero_init_last_bn))(y)
+    y = self.norm(name="bn3", scale_init=_last_bn_scale_init(self.zero_init_residual))(y)
     if self.residual:
       y = DropPath(self.deterministic)(y, drop_path_rate) + Shortcut(
           out, self.strides, self.shortcut, self.conv, self.norm, self.shortcut_downsample,
@@ -360,7 +362,7 @@ class ResNet(nn.Module):
                              dtype=self.dtype, axis_name=self.axis_name)
     block_kwargs = dict(shortcut=self.shortcut, shortcut_downsample=self.shortcut_downsample,
                         conv=conv, norm=norm, act=self.act, padding=self.padding,
-                        zero_init_last_bn=self.zero_init_residual, deterministic=not train)
+                        zero_init_residual=self.zero_init_residual, deterministic=not train)
     if "stride_in_1x1" in self.block_cls.__dataclass_fields__:  # bottlenecks
       block_kwargs["stride_in_1x1"] = self.stride_in_1x1
     block = functools.partial(self.block_cls, **block_kwargs)
