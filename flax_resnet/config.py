@@ -19,13 +19,11 @@ import difflib
 import ml_collections
 
 from flax_resnet import models, named_models, parallel
+from flax_resnet.data.catalog import DATASETS, DEBIAN_FASHION_MNIST_DIR
 from flax_resnet.errors import ConfigError
 
-# Where Debian's dataset-fashion-mnist package puts the four IDX files.
-DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-
 # Allowed values of the fields that take a name. Model and dataset names are the keys of
-# named_models.MODEL_SPECS and data.datasets.DATASETS; the options a module owns are its own.
+# named_models.MODEL_SPECS and data.catalog.DATASETS; the options a module owns are its own.
 CHOICES = {
     "shortcut": models.SHORTCUT_OPTIONS,
     "imagenet_train_augmentation": ("paper", "inception"),
@@ -199,7 +197,6 @@ def check_config(config) -> None:
     raise ConfigError(f"config.widths={tuple(config.widths)} must be {stages} positive integers "
                       f"(one per stage of {config.model}), or () for the model's own "
                       f"{named_models.MODEL_SPECS[config.model]['widths']}")
-  from flax_resnet.data.datasets import DATASETS  # imports TensorFlow: only when training
   if config.dataset not in DATASETS:
     raise ConfigError(f"unknown dataset {config.dataset!r}; valid datasets: "
                       f"{', '.join(DATASETS)}")

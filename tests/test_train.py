@@ -143,32 +143,6 @@ def test_bad_config_leaves_workdir_untouched(tmp_path, fashion_mnist_data_dir, f
   assert sorted(os.listdir(workdir)) == ["keep.txt"]
 
 
-def test_eval_flip_with_ten_crop_is_refused():
-  from flax_resnet.config import ConfigError, check_config
-  config = default.get_config()
-  config.eval_flip, config.imagenet_eval_crop = True, "ten_crop"
-  with pytest.raises(ConfigError, match="already include the mirrored ones"):
-    check_config(config)
-
-
-def test_typo_in_config_field_is_named(tmp_path):
-  from flax_resnet.config import ConfigError, check_config
-  config = default.get_config()
-  config.unlock()
-  config.weight_decai = 1e-4
-  with pytest.raises(ConfigError, match="'weight_decai' \\(did you mean 'weight_decay'\\?\\)"):
-    check_config(config)
-
-
-def test_default_config_sets_every_field():
-  from flax_resnet.config import FIELDS, check_config
-  assert set(default.get_config().keys()) == FIELDS
-  for name in os.listdir(os.path.join(ROOT, "configs")):
-    if name.endswith(".py") and name != "__init__.py":
-      module = __import__(f"configs.{name[:-3]}", fromlist=["get_config"])
-      check_config(module.get_config())
-
-
 # --- the data-parallel step -----------------------------------------------------------------
 
 def _setup(batch_size=16):

@@ -24,7 +24,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from flax_resnet.data import augment, datasets, image_folder, sharding
-from flax_resnet.data.datasets import DATASETS, dataset_info
+from flax_resnet.data.catalog import DATASETS, image_size
+from flax_resnet.data.datasets import dataset_info
 from flax_resnet.data.tf_cpu_only import tf
 
 
@@ -61,7 +62,7 @@ def _dataset_preprocessors(config) -> _Preprocessors:
   name = config.dataset
   spec = DATASETS[name]
   if name in ("imagenet2012", "image_folder"):
-    size, antialias = datasets.image_size(config), config.image_resize_antialias
+    size, antialias = image_size(config), config.image_resize_antialias
     augmentation, crop = config.imagenet_train_augmentation, config.imagenet_eval_crop
     train_image, eval_image, decoders = (
         (augment.folder_train_image, augment.folder_eval_image, None) if name == "image_folder"
@@ -73,7 +74,7 @@ def _dataset_preprocessors(config) -> _Preprocessors:
         eval=lambda ex: eval_image(ex["image"], size, crop, antialias, spec.mean, spec.std),
         decoders=decoders)
   pad = spec.pad if config.crop_padding is None else config.crop_padding
-  size = datasets.image_size(config)
+  size = image_size(config)
   if size == spec.image_shape[0]:
     normalize = lambda images: augment.normalize(images, spec.mean, spec.std)
   else:  # resized after the crop, before normalization
