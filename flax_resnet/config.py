@@ -25,7 +25,7 @@ from flax_resnet.errors import ConfigError
 # Allowed values of the fields that take a name. Model and dataset names are the keys of
 # named_models.MODEL_SPECS and data.catalog.DATASETS; the options a module owns are its own.
 CHOICES = {
-    "shortcut": models.SHORTCUT_OPTIONS,
+    "shortcut": ("",) + models.SHORTCUT_OPTIONS,  # "": the model's own
     "imagenet_train_augmentation": ("paper", "inception"),
     "imagenet_eval_crop": ("center", "ten_crop"),
     "image_folder_check": ("auto", "full", "header", "lazy"),
@@ -42,10 +42,13 @@ def default_config() -> ml_collections.ConfigDict:
   """Every field the library reads, at its default: the paper's ImageNet recipe."""
   config = ml_collections.ConfigDict()
 
-  # Model: a name of flax_resnet.create_model and ResNet field overrides.
+  # Model: a name of flax_resnet.create_model and ResNet field overrides; the fields whose
+  # right value depends on the model default to the model's own (`model_fields`).
   config.model = "resnet50"
   config.widths = ()                    # base width of each stage; (): the model's own
-  config.shortcut = "B"                 # the paper's options A, B, C (models.Shortcut)
+  # The paper's options A, B, C (models.Shortcut); "": the model's own (A for the CIFAR nets,
+  # B for the ImageNet nets).
+  config.shortcut = ""
   config.stride_in_1x1 = False          # True: the paper's v1 bottleneck; False: v1.5
   config.zero_init_residual = False
   config.num_classes = 0                # 0: the dataset's number of classes
@@ -133,6 +136,19 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 FIELDS = frozenset(default_config().keys())
+
+
+def model_fields(config) -> dict:
+  """The ResNet fields `config` sets for `create_model(config.model, ...)`: widths and
+  shortcut only where they are not the model's own (() and "")."""
+  fields = {"stride_in_1x1": config.stride_in_1x1,
+            "zero_init_residual": config.zero_init_residual,
+            "drop_path_rate": config.drop_path_rate, "scan_blocks": config.scan_blocks}
+  if config.widths:
+    fields["widths"] = tuple(config.widths)
+  if config.shortcut:
+    fields["shortcut"] = config.shortcut
+  return fields
 
 # Numeric fields and the values they take: (test, what the value must be).
 _RANGES = {
@@ -222,8 +238,5 @@ def check_config(config) -> None:
       config.half_precision_dtype == "float16"):
     raise ConfigError("config.grad_accum_steps > 1 does not combine with float16's dynamic "
                       "loss scaling; use half_precision_dtype='bfloat16' or grad_accum_steps=1")
-  if config.batch_size % config.grad_accum_steps:
-    raise ConfigError(f"config.batch_size={config.batch_size} must be a multiple of "
-                      f"config.grad_accum_steps={config.grad_accum_steps}")
   if config.num_train_steps <= 0 and config.num_epochs <= 0:
     raise ConfigError("set config.num_epochs or config.num_train_steps to a positive number")

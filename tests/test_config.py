@@ -44,3 +44,32 @@ def test_default_config_sets_every_field():
     if name.endswith(".py") and name != "__init__.py":
       module = __import__(f"configs.{name[:-3]}", fromlist=["get_config"])
       check_config(module.get_config())
+
+
+def test_model_dependent_fields_default_to_the_models_own():
+  """default_config() with a CIFAR net trains the paper's option A shortcuts (no projection
+  parameters), with an ImageNet net option B; a field set in the config wins."""
+  import jax
+  import jax.numpy as jnp
+  from flax_resnet.config import model_fields
+  from flax_resnet.loop import build_model
+
+  config = default_config()
+  config.model = "cifar_resnet20"
+  check_config(config)
+  assert "shortcut" not in model_fields(config) and "widths" not in model_fields(config)
+  model = build_model(config, num_classes=10)
+  assert model.shortcut == "A" and tuple(model.widths) == (16, 32, 64)
+  params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+  assert not any("shortcut" in block for stage in params.values() if isinstance(stage, dict)
+                 for block in stage.values() if isinstance(block, dict))
+  assert build_model(default_config(), num_classes=1000).shortcut == "B"  # resnet50's own
+  config.shortcut = "B"
+  assert build_model(config, num_classes=10).shortcut == "B"
+
+
+def test_no_config_file_repeats_a_models_own_shortcut():
+  for name in os.listdir(os.path.join(ROOT, "configs")):
+    if name.endswith(".py") and name not in ("__init__.py", "reproduce.py"):
+      module = __import__(f"configs.{name[:-3]}", fromlist=["get_config"])
+      assert module.get_config().shortcut == "", name

@@ -208,10 +208,10 @@ def test_batch_larger_than_a_hosts_data(fashion_mnist_data_dir, tmp_path):
 
 def test_batch_not_divisible_by_process_count(fashion_mnist_data_dir):
   config = make_config(dataset="fashion_mnist", data_dir=fashion_mnist_data_dir, batch_size=10)
-  with pytest.raises(ConfigError, match="batch_size=10 must be a positive multiple of the "
-                                        "process count 3"):
+  with pytest.raises(ConfigError, match="config.batch_size=10 does not divide over the 3 "
+                                        "processes"):
     datasets.check_data(config, process_count=3)
-  with pytest.raises(ConfigError, match="multiple of the process count 3"):
+  with pytest.raises(ConfigError, match="does not divide over the 3 processes"):
     pipeline.create_train_iterator(config, process_index=0, process_count=3)
 
 

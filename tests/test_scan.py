@@ -20,7 +20,8 @@ from flax_resnet.scan_layout import (scanned_to_unrolled, to_scanned_layout, to_
                                      unrolled_to_scanned)
 from flax_resnet.parallel import DataParallel
 from flax_resnet.parallel import AXIS
-from flax_resnet.step import TrainState, accumulated_grads, create_train_state, train_step
+from flax_resnet.step import (StepSettings, TrainState, accumulated_grads, create_train_state,
+                              train_step)
 from train_utils import run_train, saved_state
 
 # A narrow CIFAR ResNet-20 (3 blocks per stage, option A shortcuts) and a narrow bottleneck
@@ -93,9 +94,9 @@ def _optimizer():
 
 def _two_train_steps(model, state, batch, parallel):
   tx, lr_fn = _optimizer()
-  step = parallel.map_step(functools.partial(train_step, model=model, tx=tx,
-                                             learning_rate_fn=lr_fn,
-                                             num_classes=model.num_classes))
+  settings = StepSettings(model=model, num_classes=model.num_classes, tx=tx,
+                          learning_rate_fn=lr_fn)
+  step = parallel.map_step(functools.partial(train_step, settings=settings))
   state = parallel.put_state(state)
   batch = parallel.put_batch(batch)
   for _ in range(2):

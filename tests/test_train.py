@@ -16,7 +16,7 @@ from flax_resnet import create_model, optim
 from flax_resnet.checkpointing import Checkpointer
 from flax_resnet.parallel import DataParallel, initialize_distributed
 from flax_resnet.parallel import AXIS
-from flax_resnet.step import create_train_state, eval_step, train_step
+from flax_resnet.step import StepSettings, create_train_state, eval_step, train_step
 from train_utils import ROOT, records, run_train
 
 QUICK = ["--config.num_train_steps=24", "--config.log_every_steps=8",
@@ -72,7 +72,7 @@ def test_bad_config_is_one_message_without_traceback(tmp_path, fashion_mnist_dat
   (workdir / "keep.txt").write_text("untouched")
   result = run_train(workdir, fashion_mnist_data_dir, "--config.batch_size=100")
   assert result.returncode == 1
-  assert "error: batch_size=100 does not divide over the 8 devices" in result.stderr
+  assert "error: config.batch_size=100 does not divide over the 8 devices" in result.stderr
   assert "Traceback" not in result.stderr
   assert sorted(os.listdir(workdir)) == ["keep.txt"]
 
@@ -153,7 +153,8 @@ def _setup(batch_size=16):
   tx = optim.create_optimizer(config, lr)
   model = create_model("cifar_resnet20", num_classes=10, widths=(8, 16, 16), axis_name=AXIS)
   state = create_train_state(model, tx, (16, 16, 3), jax.random.key(0))
-  step = functools.partial(train_step, model=model, tx=tx, learning_rate_fn=lr, num_classes=10)
+  settings = StepSettings(model=model, num_classes=10, tx=tx, learning_rate_fn=lr)
+  step = functools.partial(train_step, settings=settings)
   rng = np.random.default_rng(0)
   batches = [dict(image=rng.normal(size=(batch_size, 16, 16, 3)).astype(np.float32),
                   label=rng.integers(0, 10, batch_size).astype(np.int32)) for _ in range(3)]
@@ -222,7 +223,8 @@ def test_eval_step_scores_views_by_their_mean_logits():
   views = {"image": np.stack([images, images[:, :, ::-1]], axis=1), "label": labels,
            "mask": mask}
   parallel = DataParallel("shard_map", jax.devices())
-  p_eval = parallel.map_eval(functools.partial(eval_step, model=model, num_classes=10))
+  settings = StepSettings(model=model, num_classes=10)
+  p_eval = parallel.map_eval(functools.partial(eval_step, settings=settings))
   sums = parallel.get_metrics(p_eval(parallel.put_state(state), parallel.put_batch(views)))
 
   variables = {"params": state.params, "batch_stats": state.batch_stats}
@@ -333,7 +335,8 @@ def test_half_precision_step(dtype):
   model = build_model(config, num_classes=10)
   state = create_train_state(model, tx, (16, 16, 3), jax.random.key(0),
                              use_loss_scaling=dtype == "float16")
-  step = functools.partial(train_step, model=model, tx=tx, learning_rate_fn=lr, num_classes=10)
+  settings = StepSettings(model=model, num_classes=10, tx=tx, learning_rate_fn=lr)
+  step = functools.partial(train_step, settings=settings)
   parallel = DataParallel("shard_map", jax.devices()[:2])
   mapped = parallel.map_step(step, donate_state=False)
   rng = np.random.default_rng(0)

@@ -1,5 +1,6 @@
 """The configured dataset, checked and prepared: its description (`dataset_info`, from the
-static facts of data/catalog.py), steps per epoch, and the prepared TFDS builder, with one clear `DataError` for data that is missing or unusable.
+static facts of data/catalog.py), steps per epoch, and the prepared TFDS builder, with one
+clear `DataError` for data that is missing or unusable.
 
 `check_data(config)` looks at everything the run will read before anything is written, for the
 training loop to call right after `check_config` and before it creates the work directory.
@@ -68,12 +69,15 @@ def dataset_info(config) -> DatasetInfo:
                      eval_split)
 
 
-def steps_per_epoch(config, process_count: int | None = None) -> int:
+def steps_per_epoch(config, process_count: int | None = None,
+                    info: DatasetInfo | None = None) -> int:
   """Training steps in one epoch, at least 1: each host yields (its equal slice of the training
-  examples) // (per-host batch) batches. process_count: JAX's if None."""
+  examples) // (per-host batch) batches. process_count: JAX's if None; info: the dataset's
+  (as check_data returns it), worked out here if None."""
   process_count = jax.process_count() if process_count is None else process_count
   batch = sharding.train_batch(config, process_count)
-  return max(1, (dataset_info(config).num_train_examples // process_count) // batch)
+  info = dataset_info(config) if info is None else info
+  return max(1, (info.num_train_examples // process_count) // batch)
 
 
 def check_cache(config) -> None:
@@ -85,26 +89,28 @@ def check_cache(config) -> None:
                       "config.cache=False")
 
 
-def check_data(config, process_count: int | None = None) -> None:
-  """Raises DataError (or ConfigError) unless the configured data is there and usable.
+def check_data(config, process_count: int | None = None) -> DatasetInfo:
+  """The configured dataset's description (`dataset_info`), once its data is found usable;
+  else a DataError (or ConfigError).
 
   Checks config.data_dir, that the TFDS dataset is prepared (preparing Fashion-MNIST from its
-  local IDX files, or else downloading it or CIFAR-10 into data_dir, if needed), or scans and checks an image
-  folder as config.image_folder_check says, and that a host's share of the training split holds
-  one per-host batch (process_count: JAX's if None). Writes nothing but a dataset prepared into
-  data_dir, and logs no TFDS warning about a missing dataset.
+  local IDX files, or else downloading it or CIFAR-10 into data_dir, if needed), or scans and
+  checks an image folder as config.image_folder_check says, and that a host's share of the
+  training split holds one per-host batch (process_count: JAX's if None). Writes nothing but a
+  dataset prepared into data_dir, and logs no TFDS warning about a missing dataset.
   """
   process_count = jax.process_count() if process_count is None else process_count
   check_cache(config)
   batch = sharding.train_batch(config, process_count)
   sharding.eval_batch(config, process_count)
   if config.dataset == "image_folder":
-    folder = image_folder.checked(config)
-    sharding.check_batch_fits(batch, len(folder.train.paths) // process_count, folder.root)
-    return
-  prepared_builder(config)
-  sharding.check_batch_fits(batch, dataset_info(config).num_train_examples // process_count,
-                   config.dataset)
+    where = image_folder.checked(config).root
+  else:
+    prepared_builder(config)
+    where = config.dataset
+  info = dataset_info(config)
+  sharding.check_batch_fits(batch, info.num_train_examples // process_count, where)
+  return info
 
 
 # ----------------------------------------------------------------------------------------------
