@@ -120,7 +120,8 @@ def checkpoint_layout(model) -> tuple[Callable, Callable]:
 
 
 def saved_with_ema(meta: dict[str, Any]) -> bool:
-  """Whether the run that wrote a checkpoint kept an EMA of the weights (older runs: no)."""
+  """Whether the run that wrote a checkpoint kept an EMA of the weights (a `meta` without
+  config.ema_decay: no)."""
   return meta.get("config", {}).get("ema_decay", 0.0) > 0
 
 

@@ -13,7 +13,6 @@ import pytest
 
 from configs import default
 from flax_resnet import create_model, optim
-from flax_resnet.checkpointing import Checkpointer
 from flax_resnet.parallel import DataParallel, initialize_distributed
 from flax_resnet.parallel import AXIS
 from flax_resnet.step import StepSettings, create_train_state, eval_step, train_step
@@ -237,31 +236,6 @@ def test_eval_step_scores_views_by_their_mean_logits():
   assert float(sums["top5"]) == np.sum((top5 == labels[:, None]).any(-1)[real])
   losses = -jax.nn.log_softmax(logits)[np.arange(16), labels]
   np.testing.assert_allclose(float(sums["loss"]), np.sum(losses[real]), rtol=1e-5)
-
-
-def test_checkpoint_from_eight_devices_restores_on_one(tmp_path):
-  state, step, batches = _setup()
-  parallel8 = DataParallel("shard_map", jax.devices())
-  mapped = parallel8.map_step(step)
-  live = parallel8.put_state(state)
-  live, _ = mapped(live, parallel8.put_batch(batches[0]))
-  ckpt = Checkpointer(str(tmp_path), keep=2)
-  ckpt.save(1, parallel8.get_state(live), {"model": "x"})
-  ckpt.wait()
-  ckpt.close()
-
-  parallel1 = DataParallel("pmap", jax.devices()[:1])
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
-      x.shape, x.dtype, sharding=parallel1.replicated_sharding()), state)
-  restored, meta = Checkpointer(str(tmp_path)).restore_latest(target)
-  assert meta == {"model": "x"}
-  assert restored.params["fc"]["kernel"].sharding.device_set == {jax.devices()[0]}
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored),
-               jax.device_get(parallel8.get_state(live)))
-  # the restored state trains on, in the other mode, on 1 device
-  one = parallel1.map_step(step)
-  after, _ = one(parallel1.put_state(restored), parallel1.put_batch(batches[1]))
-  assert int(parallel1.get_state(after).step) == 2
 
 
 # --- schedules and weight decay -------------------------------------------------------------
