@@ -18,7 +18,7 @@ import difflib
 
 import ml_collections
 
-from flax_resnet import models, named_models, parallel
+from flax_resnet import models, named_models, parallel, stochastic_depth
 from flax_resnet.data.catalog import DATASETS, DEBIAN_FASHION_MNIST_DIR
 from flax_resnet.errors import ConfigError
 
@@ -171,7 +171,7 @@ _RANGES = {
     "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "weight_decay": (lambda v: v >= 0, ">= 0"),
     "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "drop_path_rate": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "drop_path_rate": stochastic_depth.RATE_RANGE,
     "ema_decay": (lambda v: 0 <= v < 1, "in [0, 1) (0: no EMA)"),
     "mixup_alpha": (lambda v: v >= 0, ">= 0 (0: no mixup)"),
     "cutmix_alpha": (lambda v: v >= 0, ">= 0 (0: no CutMix)"),

@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from flax_resnet.stochastic_depth import DropPath, drop_path_rates
+from flax_resnet.stochastic_depth import RATE_RANGE, DropPath, drop_path_rates
 
 Dtype = Any
 ModuleDef = Callable[..., nn.Module]
@@ -345,8 +345,8 @@ class ResNet(nn.Module):
     if self.shortcut_downsample not in SHORTCUT_DOWNSAMPLES:
       raise ValueError(f"unknown shortcut_downsample {self.shortcut_downsample!r}; use one "
                        f"of {SHORTCUT_DOWNSAMPLES}")
-    if not 0 <= self.drop_path_rate <= 1:
-      raise ValueError(f"drop_path_rate must be in [0, 1], not {self.drop_path_rate}")
+    if not RATE_RANGE[0](self.drop_path_rate):
+      raise ValueError(f"drop_path_rate must be {RATE_RANGE[1]}, not {self.drop_path_rate}")
     if self.drop_path_rate and not self.block_cls.residual:
       raise ValueError(f"drop_path_rate needs residual blocks; {self.block_cls.__name__} "
                        "has no shortcut to fall back on")

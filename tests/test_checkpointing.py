@@ -13,7 +13,7 @@ from flax_resnet.checkpointing import Checkpointer, read_state
 from flax_resnet.errors import CheckpointError
 from flax_resnet.parallel import DataParallel
 from flax_resnet.step import create_train_state
-from test_train import _setup
+from step_utils import small_step_setup
 
 
 def _state(widths=(8, 16, 16)):
@@ -83,7 +83,7 @@ def test_checkpoint_of_another_shape_is_refused_untouched(tmp_path):
 
 
 def test_checkpoint_from_eight_devices_restores_on_one(tmp_path):
-  state, step, batches = _setup()
+  state, step, batches = small_step_setup()
   parallel8 = DataParallel("shard_map", jax.devices())
   mapped = parallel8.map_step(step)
   live = parallel8.put_state(state)

@@ -75,6 +75,7 @@ def test_the_environment_picks_the_convolution_library(monkeypatch):
     cpu.configure_cpu(reuse_host_memory=False)
 
 
+@pytest.mark.slow
 def test_train_py_names_a_bad_convolution_library_in_one_line(tmp_path):
   env = {**os.environ, "JAX_PLATFORMS": "cpu", cpu.CONVOLUTIONS_ENV: "onednn"}
   result = subprocess.run([sys.executable, "train.py", "--config=configs/fashion_mnist.py",

@@ -287,6 +287,7 @@ def test_layout_of_a_whole_train_state():
   _assert_trees_close(to_unrolled_layout(scanned), state, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_train_py_with_scanned_blocks_writes_unrolled_checkpoints(tmp_path,
                                                                   fashion_mnist_data_dir):
   """A run with scan_blocks=True saves the unrolled layout, and a run without it resumes."""

@@ -266,6 +266,7 @@ TRICKS = ["--config.drop_path_rate=0.2", "--config.ema_decay=0.9", "--config.mix
           "--config.shuffle_buffer_size=1024"]
 
 
+@pytest.mark.slow
 def test_train_py_resumes_bit_identically_with_the_tricks_on(tmp_path, fashion_mnist_data_dir):
   """A run of 6 steps, and a run resumed from the first one's checkpoint of step 3 (as a run
   killed after it would): the same saved state at step 6, EMA included."""
