@@ -116,7 +116,7 @@ class FlaxStep:
     from flax_resnet.config import default_config
     from flax_resnet.parallel import DataParallel
     from flax_resnet.parallel import AXIS
-    from flax_resnet.step import create_train_state, train_step
+    from flax_resnet.step import StepSettings, create_train_state, train_step
 
     self.jax = jax
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
@@ -146,9 +146,9 @@ class FlaxStep:
         return jax.lax.psum(jnp.sum(logits.astype(jnp.float32)), AXIS)
       step = self.parallel.map_eval(forward)
     else:
-      step = self.parallel.map_step(functools.partial(
-          train_step, model=model, tx=tx, learning_rate_fn=lr_fn, num_classes=model.num_classes,
-          grad_accum_steps=args.grad_accum_steps))
+      settings = StepSettings(model=model, num_classes=model.num_classes, tx=tx,
+                              learning_rate_fn=lr_fn, grad_accum_steps=args.grad_accum_steps)
+      step = self.parallel.map_step(functools.partial(train_step, settings=settings))
     self.inference = args.inference
     rng = np.random.default_rng(0)
     self.host_batch = {

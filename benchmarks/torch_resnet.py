@@ -11,7 +11,7 @@ def torch_resnet(name: str, widths: tuple[int, ...] = ()):
   from torch import nn as tnn
 
   from flax_resnet.models import BottleneckBlock, PlainBasicBlock, PlainBottleneckBlock
-  from flax_resnet.registry import MODEL_SPECS
+  from flax_resnet.named_models import MODEL_SPECS
   spec = MODEL_SPECS[name]
   if getattr(spec["block_cls"], "preactivation", False) or spec["stem"] == "deep":
     raise SystemExit(f"the PyTorch reference builds the 2016 paper's nets only, not {name}")

@@ -11,7 +11,6 @@ from flax_resnet.config import default_config
 def get_config(model: str = "cifar_resnet20"):
   config = default_config()
   config.model = model
-  config.shortcut = "A"
   config.dataset = "cifar10"
   config.cache = True                   # 150 MB of pixels: decode once, shuffle exactly
   config.batch_size = 128

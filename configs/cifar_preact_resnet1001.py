@@ -6,6 +6,4 @@ from configs import cifar10
 
 
 def get_config():
-  config = cifar10.with_warmup(cifar10.get_config("preact_resnet1001"))
-  config.shortcut = "B"
-  return config
+  return cifar10.with_warmup(cifar10.get_config("preact_resnet1001"))  # option B: the model's own

@@ -6,6 +6,4 @@ from configs import cifar10
 
 
 def get_config():
-  config = cifar10.with_warmup(cifar10.get_config("preact_resnet164"))
-  config.shortcut = "B"
-  return config
+  return cifar10.with_warmup(cifar10.get_config("preact_resnet164"))  # option B: the model's own

@@ -15,7 +15,6 @@ from flax_resnet.config import default_config
 def get_config():
   config = default_config()
   config.model = "cifar_resnet20"
-  config.shortcut = "A"
   config.dataset = "fashion_mnist"
   config.cache = True                   # 47 MB of pixels: decode once, shuffle exactly
   config.random_erasing = 0.5

@@ -17,7 +17,7 @@ from flax_resnet.models import (
 )
 from flax_resnet.preact import PreActBasicBlock, PreActBottleneckBlock
 from flax_resnet.stochastic_depth import DropPath
-from flax_resnet.registry import (
+from flax_resnet.named_models import (
     create_model,
     model_names,
     ResNet18,
@@ -40,7 +40,7 @@ from flax_resnet.registry import (
     CifarPlain56,
     CifarPlain110,
 )
-from flax_resnet.summary import count_macs, count_params, summary
+from flax_resnet.counting import count_macs, count_params, summary
 
 __version__ = "0.1.0"
 

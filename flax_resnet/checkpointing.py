@@ -138,5 +138,8 @@ def _first_line(error: Exception) -> str:
 
 
 def _is_structure_mismatch(error: Exception) -> bool:
+  """Whether orbax refused a restore because the saved tree does not fit the target (another
+  model) rather than because the files are unreadable. orbax says so only in its message:
+  the one match on its text is here, and tests/test_checkpointing.py fails if it changes."""
   text = str(error).lower()
   return any(w in text for w in ("shape", "structure", "mismatch", "tree"))

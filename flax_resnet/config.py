@@ -18,16 +18,14 @@ import difflib
 
 import ml_collections
 
-from flax_resnet import models, parallel, registry
+from flax_resnet import models, named_models, parallel, stochastic_depth
+from flax_resnet.data.catalog import DATASETS, DEBIAN_FASHION_MNIST_DIR
 from flax_resnet.errors import ConfigError
 
-# Where Debian's dataset-fashion-mnist package puts the four IDX files.
-DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-
 # Allowed values of the fields that take a name. Model and dataset names are the keys of
-# registry.MODEL_SPECS and data.datasets.DATASETS; the options a module owns are its own.
+# named_models.MODEL_SPECS and data.catalog.DATASETS; the options a module owns are its own.
 CHOICES = {
-    "shortcut": models.SHORTCUT_OPTIONS,
+    "shortcut": ("",) + models.SHORTCUT_OPTIONS,  # "": the model's own
     "imagenet_train_augmentation": ("paper", "inception"),
     "imagenet_eval_crop": ("center", "ten_crop"),
     "image_folder_check": ("auto", "full", "header", "lazy"),
@@ -44,10 +42,13 @@ def default_config() -> ml_collections.ConfigDict:
   """Every field the library reads, at its default: the paper's ImageNet recipe."""
   config = ml_collections.ConfigDict()
 
-  # Model: a name of flax_resnet.create_model and ResNet field overrides.
+  # Model: a name of flax_resnet.create_model and ResNet field overrides; the fields whose
+  # right value depends on the model default to the model's own (`model_fields`).
   config.model = "resnet50"
   config.widths = ()                    # base width of each stage; (): the model's own
-  config.shortcut = "B"                 # the paper's options A, B, C (models.Shortcut)
+  # The paper's options A, B, C (models.Shortcut); "": the model's own (A for the CIFAR nets,
+  # B for the ImageNet nets).
+  config.shortcut = ""
   config.stride_in_1x1 = False          # True: the paper's v1 bottleneck; False: v1.5
   config.zero_init_residual = False
   config.num_classes = 0                # 0: the dataset's number of classes
@@ -136,6 +137,19 @@ def default_config() -> ml_collections.ConfigDict:
 
 FIELDS = frozenset(default_config().keys())
 
+
+def model_fields(config) -> dict:
+  """The ResNet fields `config` sets for `create_model(config.model, ...)`: widths and
+  shortcut only where they are not the model's own (() and "")."""
+  fields = {"stride_in_1x1": config.stride_in_1x1,
+            "zero_init_residual": config.zero_init_residual,
+            "drop_path_rate": config.drop_path_rate, "scan_blocks": config.scan_blocks}
+  if config.widths:
+    fields["widths"] = tuple(config.widths)
+  if config.shortcut:
+    fields["shortcut"] = config.shortcut
+  return fields
+
 # Numeric fields and the values they take: (test, what the value must be).
 _RANGES = {
     "batch_size": (lambda v: v > 0, "positive"),
@@ -157,7 +171,7 @@ _RANGES = {
     "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "weight_decay": (lambda v: v >= 0, ">= 0"),
     "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "drop_path_rate": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "drop_path_rate": stochastic_depth.RATE_RANGE,
     "ema_decay": (lambda v: 0 <= v < 1, "in [0, 1) (0: no EMA)"),
     "mixup_alpha": (lambda v: v >= 0, ">= 0 (0: no mixup)"),
     "cutmix_alpha": (lambda v: v >= 0, ">= 0 (0: no CutMix)"),
@@ -190,16 +204,15 @@ def check_config(config) -> None:
   if missing:
     raise ConfigError(f"config lacks field(s) {missing}; start from "
                       "flax_resnet.default_config() and override what differs")
-  if config.model not in registry.MODEL_SPECS:
+  if config.model not in named_models.MODEL_SPECS:
     raise ConfigError(f"unknown model {config.model!r}; valid models: "
-                      f"{', '.join(registry.MODEL_SPECS)}")
-  stages = len(registry.MODEL_SPECS[config.model]["stage_sizes"])
+                      f"{', '.join(named_models.MODEL_SPECS)}")
+  stages = len(named_models.MODEL_SPECS[config.model]["stage_sizes"])
   if config.widths and (len(config.widths) != stages
                         or not all(isinstance(w, int) and w > 0 for w in config.widths)):
     raise ConfigError(f"config.widths={tuple(config.widths)} must be {stages} positive integers "
                       f"(one per stage of {config.model}), or () for the model's own "
-                      f"{registry.MODEL_SPECS[config.model]['widths']}")
-  from flax_resnet.data.datasets import DATASETS  # imports TensorFlow: only when training
+                      f"{named_models.MODEL_SPECS[config.model]['widths']}")
   if config.dataset not in DATASETS:
     raise ConfigError(f"unknown dataset {config.dataset!r}; valid datasets: "
                       f"{', '.join(DATASETS)}")
@@ -213,7 +226,7 @@ def check_config(config) -> None:
       and config.dataset in ("imagenet2012", "image_folder")):
     raise ConfigError("config.eval_flip and config.imagenet_eval_crop='ten_crop' do not combine: "
                       "the ten crops already include the mirrored ones; set one of them")
-  if config.drop_path_rate and not registry.MODEL_SPECS[config.model]["block_cls"].residual:
+  if config.drop_path_rate and not named_models.MODEL_SPECS[config.model]["block_cls"].residual:
     raise ConfigError(f"config.drop_path_rate drops residual branches; {config.model} has no "
                       "shortcuts: set it to 0 or choose a residual model")
   if config.lr_schedule == "polynomial" and config.lr_end >= config.learning_rate * (
@@ -225,8 +238,5 @@ def check_config(config) -> None:
       config.half_precision_dtype == "float16"):
     raise ConfigError("config.grad_accum_steps > 1 does not combine with float16's dynamic "
                       "loss scaling; use half_precision_dtype='bfloat16' or grad_accum_steps=1")
-  if config.batch_size % config.grad_accum_steps:
-    raise ConfigError(f"config.batch_size={config.batch_size} must be a multiple of "
-                      f"config.grad_accum_steps={config.grad_accum_steps}")
   if config.num_train_steps <= 0 and config.num_epochs <= 0:
     raise ConfigError("set config.num_epochs or config.num_train_steps to a positive number")

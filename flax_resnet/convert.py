@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flax_resnet.models import BasicBlock, BottleneckBlock, ResNet
-from flax_resnet.registry import MODEL_SPECS, create_model
+from flax_resnet.named_models import MODEL_SPECS, create_model
 
 # Our leaf name -> PyTorch's.
 _TORCH_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",

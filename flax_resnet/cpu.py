@@ -63,6 +63,9 @@ def resolve_convolution_library(library: str | None = None) -> str:
 
 
 def _backends_started() -> bool:
+  """Whether JAX has started its backends (after which XLA_FLAGS no longer take effect). JAX
+  has no public API for this: the one private call is here, and tests/test_cpu.py fails if
+  it stops answering."""
   if "jax" not in sys.modules:
     return False
   try:

@@ -6,8 +6,8 @@ JAX differentiates a NHWC/HWIO convolution into two convolutions with permuted d
 numbers (input gradient: kernel 'HWOI'; weight gradient: 'CHWN' x 'HWNO'). XLA:CPU turns
 such convolutions into its canonical NHWC/HWIO form with explicit transposes, but only in the
 entry computation (its ConvCanonicalization pass does not visit while-loop bodies). Inside the
-loop of `nn.scan` they stay permuted, miss the Eigen/YNNPACK kernels and run in a naive loop:
-ResNet train steps with scanned blocks would run many times slower on the CPU.
+loop of `nn.scan` they stay permuted, miss the Eigen/YNNPACK kernels and run in a naive loop
+(benchmarks/README.md, "Scanned blocks", measures it).
 
 `canonical_conv` computes the same forward pass and the same gradients, but writes the two
 backward convolutions in the canonical layout itself, with the transposes as ordinary
@@ -22,13 +22,14 @@ recomputes the whole chain there with strided reads (benchmarks/README.md measur
 
 `small_map_conv` computes convolutions whose output map is smaller than the window (a 3x3
 convolution on 2x2 or 1x1 maps: the last stages of ImageNet ResNets on small images) as one
-matrix product of the gathered taps (im2col). XLA:CPU ran those, and the input gradient of a
-3x3/2 convolution onto such a map, several times slower than any other convolution, on Eigen and YNNPACK alike
-(benchmarks/README.md). Larger maps go to `lax.conv_general_dilated` unchanged.
+matrix product of the gathered taps (im2col). XLA:CPU runs those, and the input gradient of a
+3x3/2 convolution onto such a map, far below its speed on other convolutions, on Eigen and
+YNNPACK alike (benchmarks/README.md, "Why ImageNet-style nets were slow on small images").
+Larger maps go to `lax.conv_general_dilated` unchanged.
 
 `max_pool` is the stem's max-pool with a gradient written as masked, strided elementwise
-work; XLA's select-and-scatter, the gradient JAX otherwise takes, ran 1.7-2.3 times slower
-(benchmarks/README.md).
+work, which XLA:CPU runs faster than XLA's select-and-scatter, the gradient JAX otherwise
+takes (benchmarks/README.md, "The max-pool's gradient").
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ def im2col_conv(x, w, strides, padding, precision=None):
 def is_small_map(input_hw, kernel_hw, strides, padding) -> bool:
   """Whether `small_map_conv` rewrites this convolution: its output map is smaller than the
   window in both dimensions (3x3: outputs of 2x2 or 1x1), where XLA:CPU's convolutions (the
-  forward or the input gradient) ran 10-100x below their speed on larger maps."""
+  forward or the input gradient) run far below their speed on larger maps."""
   return all((size + lo + hi - k) // s + 1 < k
              for size, k, s, (lo, hi) in zip(input_hw, kernel_hw, strides, padding))
 

@@ -12,6 +12,7 @@ TensorBoard summaries and a plot. Each part is a function or class of its own be
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import signal
 from typing import Any, Callable
@@ -22,12 +23,13 @@ import numpy as np
 
 from flax_resnet import cpu, fs, optim, scan_layout
 from flax_resnet.checkpointing import Checkpointer
-from flax_resnet.config import check_config
+from flax_resnet.config import model_fields
 from flax_resnet.errors import CheckpointError, ConfigError, TrainingDiverged
-from flax_resnet.registry import MODEL_SPECS, create_model
+from flax_resnet.named_models import MODEL_SPECS, create_model
 from flax_resnet.parallel import AXIS, DataParallel
+from flax_resnet.plan import RunPlan, plan_run
 from flax_resnet.reporting import Reporter
-from flax_resnet.step import create_train_state, eval_step, train_step, with_ema
+from flax_resnet.step import StepSettings, create_train_state, eval_step, train_step, with_ema
 
 
 def compute_dtype(config):
@@ -39,13 +41,8 @@ def compute_dtype(config):
 def build_model(config, num_classes: int):
   """The configured network, with synchronized BatchNorm over the data axis and the speed
   overrides of the backend (flax_resnet.cpu.model_overrides; none on GPU and TPU)."""
-  widths = {"widths": tuple(config.widths)} if config.widths else {}  # (): the model's own
-  return create_model(config.model, num_classes=num_classes, shortcut=config.shortcut,
-                      stride_in_1x1=config.stride_in_1x1,
-                      zero_init_residual=config.zero_init_residual,
-                      drop_path_rate=config.drop_path_rate,
-                      scan_blocks=config.scan_blocks, dtype=compute_dtype(config),
-                      axis_name=AXIS, **widths,
+  return create_model(config.model, num_classes=num_classes, **model_fields(config),
+                      dtype=compute_dtype(config), axis_name=AXIS,
                       **cpu.model_overrides(in_loops=config.scan_blocks or
                                             config.grad_accum_steps > 1))
 
@@ -123,7 +120,8 @@ def checkpoint_layout(model) -> tuple[Callable, Callable]:
 
 
 def saved_with_ema(meta: dict[str, Any]) -> bool:
-  """Whether the run that wrote a checkpoint kept an EMA of the weights (older runs: no)."""
+  """Whether the run that wrote a checkpoint kept an EMA of the weights (a `meta` without
+  config.ema_decay: no)."""
   return meta.get("config", {}).get("ema_decay", 0.0) > 0
 
 
@@ -207,69 +205,49 @@ class MetricsBuffer:
 
 # --- The loop -----------------------------------------------------------------------------------
 
-def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
-  """Trains `config` in `workdir` (resuming there if it holds checkpoints).
+@dataclasses.dataclass(frozen=True)
+class Training:
+  """What the loop trains with, built from the config and the plan (`build`)."""
+  settings: StepSettings
+  make_state: Callable       # rng -> a fresh TrainState
+  meta: dict[str, Any]       # the run's identity, saved with every checkpoint
+  to_checkpoint: Callable    # checkpoint_layout(model)
+  from_checkpoint: Callable
+  p_train: Callable          # the train step mapped over the devices
+  p_eval: Callable           # the eval step mapped over the devices
 
-  Returns the last evaluation's metrics (eval_accuracy, eval_top5_accuracy, eval_loss,
-  eval_examples; with config.ema_decay > 0 also the EMA weights' ema_eval_accuracy,
-  ema_eval_top5_accuracy, ema_eval_loss) with `eval_step`, the step it was measured at, and
-  `steps`, the step the run ended at; `stopped_by` is 'SIGTERM' when a SIGTERM ended it before
-  `num_train_steps`.
-  """
-  from flax_resnet.data import datasets, pipeline  # import TensorFlow: only when training
 
-  check_config(config)
-  datasets.check_data(config)   # raises DataError before anything is written
-  info = datasets.dataset_info(config)
-  parallel = DataParallel(config.parallelism, devices)
-  parallel.check_batch_size(config.batch_size, "batch_size")
-  parallel.check_batch_size(config.eval_batch_size or config.batch_size, "eval_batch_size")
-  if (config.batch_size // parallel.num_devices) % config.grad_accum_steps:
-    raise ConfigError(f"config.batch_size={config.batch_size} over {parallel.num_devices} "
-                      f"devices is {config.batch_size // parallel.num_devices} per device, "
-                      f"which config.grad_accum_steps={config.grad_accum_steps} does not "
-                      "divide into equal micro-batches")
-  workdir = prepare_workdir(workdir)
-
-  steps_per_epoch = datasets.steps_per_epoch(config)
-  num_train_steps = (config.num_train_steps if config.num_train_steps > 0
-                     else int(round(config.num_epochs * steps_per_epoch)))
-  eval_every = config.eval_every_steps or steps_per_epoch
-  checkpoint_every = config.checkpoint_every_steps or steps_per_epoch
-  num_classes = config.num_classes or info.num_classes
-
-  learning_rate_fn = optim.create_learning_rate_fn(config, steps_per_epoch, num_train_steps)
+def build(config, plan: RunPlan) -> Training:
+  """The model, optimizer, step settings and mapped steps of `config`."""
+  learning_rate_fn = optim.create_learning_rate_fn(config, plan.steps_per_epoch,
+                                                   plan.num_train_steps)
   tx = optim.create_optimizer(config, learning_rate_fn)
-  model = build_model(config, num_classes)
+  model = build_model(config, plan.num_classes)
+  settings = StepSettings.from_config(config, model, tx, learning_rate_fn, plan.num_classes)
   make_state = functools.partial(
-      create_train_state, model, tx, info.image_shape,
+      create_train_state, model, tx, plan.info.image_shape,
       use_loss_scaling=config.half_precision and config.half_precision_dtype == "float16",
-      ema=config.ema_decay > 0)
-  meta = run_identity(config, model, num_classes, info.image_shape)
-  to_checkpoint, from_checkpoint = checkpoint_layout(model)
+      ema=settings.ema_decay > 0)
+  return Training(
+      settings=settings, make_state=make_state,
+      meta=run_identity(config, model, plan.num_classes, plan.info.image_shape),
+      to_checkpoint=checkpoint_layout(model)[0], from_checkpoint=checkpoint_layout(model)[1],
+      p_train=plan.parallel.map_step(functools.partial(train_step, settings=settings)),
+      p_eval=plan.parallel.map_eval(functools.partial(eval_step, settings=settings)))
 
-  checkpointer = Checkpointer(str(fs.user_path(workdir) / "checkpoints"), config.keep_checkpoints)
-  state, start_step = restore_or_initialize(
-      checkpointer, make_state, config.seed, to_checkpoint, from_checkpoint, parallel,
-      check_meta=lambda saved: check_same_run(saved, meta, workdir), ema=config.ema_decay > 0)
 
-  reporter = Reporter(workdir, num_train_steps, config.batch_size, start_step)
-  reporter.say(f"{config.model} on {config.dataset}: {num_train_steps} steps of "
-               f"{config.batch_size} images over {parallel.num_devices} devices "
-               f"({parallel.mode}); " + (f"resuming at step {start_step}" if start_step
-                                         else "starting afresh"))
+def train(config, plan: RunPlan, training: Training, state, start_step: int,
+          checkpointer: Checkpointer, reporter: Reporter) -> tuple[dict[str, Any], int, str | None]:
+  """Trains from `start_step` to plan.num_train_steps, logging, evaluating and checkpointing
+  as configured, until the end or a SIGTERM (which saves and stops). A finished run is
+  evaluated once. Returns (the last evaluation, the step reached, 'SIGTERM' or None)."""
+  from flax_resnet.data import pipeline  # imports TensorFlow: only when training
 
-  p_train = parallel.map_step(functools.partial(
-      train_step, model=model, tx=tx, learning_rate_fn=learning_rate_fn,
-      num_classes=num_classes, label_smoothing=config.label_smoothing, seed=config.seed,
-      ema_decay=config.ema_decay, mixup_alpha=config.mixup_alpha,
-      cutmix_alpha=config.cutmix_alpha, mixup_switch_prob=config.mixup_switch_prob,
-      grad_accum_steps=config.grad_accum_steps))
-  p_eval = parallel.map_eval(functools.partial(eval_step, model=model, num_classes=num_classes))
+  parallel, num_train_steps = plan.parallel, plan.num_train_steps
   metrics = MetricsBuffer(parallel.get_metrics, checkpointer.directory)
 
   def run_evaluation(step: int) -> dict[str, Any]:
-    result = evaluate(p_eval, state, pipeline.create_eval_iterator(config), parallel)
+    result = evaluate(training.p_eval, state, pipeline.create_eval_iterator(config), parallel)
     line = (f"step {step}: eval accuracy {result['eval_accuracy']:.4f}, top-5 "
             f"{result['eval_top5_accuracy']:.4f}, loss {result['eval_loss']:.4f}")
     if "ema_eval_accuracy" in result:
@@ -280,50 +258,84 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
 
   def save(step: int) -> None:
     metrics.flush()  # never checkpoint a diverged state
-    checkpointer.save(step, to_checkpoint(parallel.get_state(state)), meta)
+    checkpointer.save(step, training.to_checkpoint(parallel.get_state(state)), training.meta)
+
+  if start_step >= num_train_steps:
+    # A finished run: evaluate its last checkpoint (with this config's eval settings), so a
+    # notebook gets the final metrics back; metrics.jsonl already holds the run's own.
+    reporter.say(f"already trained to step {start_step} of {num_train_steps}; evaluating it")
+    return run_evaluation(start_step), start_step, None
 
   last_eval: dict[str, Any] = {}
-  stopped_by = None
+  train_iter = pipeline.create_train_iterator(config, start_step=start_step)
   step = start_step
-  try:
-    if start_step >= num_train_steps:
-      # A finished run: evaluate its last checkpoint (with this config's eval settings), so a
-      # notebook gets the final metrics back; metrics.jsonl already holds the run's own.
-      reporter.say(f"already trained to step {start_step} of {num_train_steps}; evaluating it")
-      last_eval = run_evaluation(step)
-    else:  # only a run with steps left loads the training split
-      train_iter = pipeline.create_train_iterator(config, start_step=start_step)
-    with Preemption() as preemption:
-      while step < num_train_steps:
-        state, step_metrics = p_train(state, parallel.put_batch(next(train_iter)))
-        step += 1
-        metrics.add(step, step_metrics)
-        if step == start_step + 1:
-          reporter.restart_clock(step)  # the first step's time is mostly compilation
-        if step % config.log_every_steps == 0 or step == num_train_steps:
-          summary = metrics.flush()
-          reporter.progress(step, summary)
-          reporter.write(step, summary)
-        if step % eval_every == 0 or step == num_train_steps:
-          metrics.flush()
-          last_eval = run_evaluation(step)
-          reporter.write(step, {k: v for k, v in last_eval.items() if k != "eval_step"})
-          reporter.restart_clock(step)
-        if step % checkpoint_every == 0 or step == num_train_steps:
+  with Preemption() as preemption:
+    while step < num_train_steps:
+      state, step_metrics = training.p_train(state, parallel.put_batch(next(train_iter)))
+      step += 1
+      metrics.add(step, step_metrics)
+      last = step == num_train_steps
+      if step == start_step + 1:
+        reporter.restart_clock(step)  # the first step's time is mostly compilation
+      if step % config.log_every_steps == 0 or last:
+        summary = metrics.flush()
+        reporter.progress(step, summary)
+        reporter.write(step, summary)
+      if step % plan.eval_every == 0 or last:
+        metrics.flush()
+        last_eval = run_evaluation(step)
+        reporter.write(step, {k: v for k, v in last_eval.items() if k != "eval_step"})
+        reporter.restart_clock(step)
+      if step % plan.checkpoint_every == 0 or last:
+        save(step)
+      if preemption.requested and not last:
+        reporter.say(f"SIGTERM: saving a checkpoint at step {step} and stopping")
+        if step not in checkpointer.all_steps():
           save(step)
-        if preemption.requested and step < num_train_steps:
-          stopped_by = "SIGTERM"
-          reporter.say(f"SIGTERM: saving a checkpoint at step {step} and stopping")
-          if step not in checkpointer.all_steps():
-            save(step)
-          break
+        return last_eval, step, "SIGTERM"
+  return last_eval, step, None
+
+
+def finish(config, workdir: str) -> None:
+  """After the last step: the training curves as WORKDIR/curves.png (config.plot)."""
+  if config.plot and jax.process_index() == 0:
+    from flax_resnet.plotting import plot_runs
+    plot_runs([workdir], str(fs.user_path(workdir) / "curves.png"), [config.model])
+
+
+def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
+  """Trains `config` in `workdir` (resuming there if it holds checkpoints).
+
+  Returns the last evaluation's metrics (eval_accuracy, eval_top5_accuracy, eval_loss,
+  eval_examples; with config.ema_decay > 0 also the EMA weights' ema_eval_accuracy,
+  ema_eval_top5_accuracy, ema_eval_loss) with `eval_step`, the step it was measured at, and
+  `steps`, the step the run ended at; `stopped_by` is 'SIGTERM' when a SIGTERM ended it before
+  `num_train_steps`.
+  """
+  plan = plan_run(config, devices)  # raises ConfigError/DataError before anything is written
+  workdir = prepare_workdir(workdir)
+  training = build(config, plan)
+  checkpointer = Checkpointer(str(fs.user_path(workdir) / "checkpoints"), config.keep_checkpoints)
+  try:
+    state, start_step = restore_or_initialize(
+        checkpointer, training.make_state, config.seed, training.to_checkpoint,
+        training.from_checkpoint, plan.parallel,
+        check_meta=lambda saved: check_same_run(saved, training.meta, workdir),
+        ema=training.settings.ema_decay > 0)
+    reporter = Reporter(workdir, plan.num_train_steps, config.batch_size, start_step)
+    try:
+      reporter.say(f"{config.model} on {config.dataset}: {plan.num_train_steps} steps of "
+                   f"{config.batch_size} images over {plan.parallel.num_devices} devices "
+                   f"({plan.parallel.mode}); " + (f"resuming at step {start_step}" if start_step
+                                                  else "starting afresh"))
+      last_eval, step, stopped_by = train(config, plan, training, state, start_step,
+                                          checkpointer, reporter)
+    finally:
+      reporter.close()
   finally:
     checkpointer.wait()
     checkpointer.close()
-    reporter.close()
-
-  if step >= num_train_steps and config.plot and jax.process_index() == 0:
-    from flax_resnet.plotting import plot_runs
-    plot_runs([workdir], str(fs.user_path(workdir) / "curves.png"), [config.model])
-  return {**last_eval, "steps": step, "num_train_steps": num_train_steps,
+  if step >= plan.num_train_steps:
+    finish(config, workdir)
+  return {**last_eval, "steps": step, "num_train_steps": plan.num_train_steps,
           "stopped_by": stopped_by}

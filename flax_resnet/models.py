@@ -4,7 +4,7 @@ Reading order, as in torchvision's resnet.py: the shortcut (`Shortcut`), the two
 blocks (`BasicBlock`, `BottleneckBlock`) and their plain forms, the stem (`Stem`), a stage
 (`Stage`) and the network (`ResNet`). The pre-activation blocks of He et al. (ECCV 2016) are
 in preact.py, stochastic depth in stochastic_depth.py, the named networks
-(`create_model('resnet50')`) in registry.py.
+(`create_model('resnet50')`) in named_models.py.
 
 Beyond the 2016 paper, "Bag of Tricks" (He et al., CVPR 2019) gives two options: ResNet-C's
 deep stem (`stem='deep'`) and ResNet-D's average-pooled projection shortcuts
@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from flax_resnet.stochastic_depth import DropPath, drop_path_rates
+from flax_resnet.stochastic_depth import RATE_RANGE, DropPath, drop_path_rates
 
 Dtype = Any
 ModuleDef = Callable[..., nn.Module]
@@ -136,7 +136,9 @@ class Block(nn.Module):
   norm: Callable[..., nn.Module] = nn.BatchNorm
   act: Callable = nn.relu
   padding: str = "symmetric"
-  zero_init_last_bn: bool = False
+  # Start the residual branch's last layer at zero, so that the fresh block is the identity:
+  # its last BN's scale here, its last convolution in the pre-activation blocks (preact.py).
+  zero_init_residual: bool = False
   deterministic: bool = True
 
 
@@ -152,7 +154,7 @@ class BasicBlock(Block):
     y = self.conv(self.features, (3, 3), s, padding=_padding(3, self.padding), name="conv1")(x)
     y = self.act(self.norm(name="bn1")(y))
     y = self.conv(self.features, (3, 3), padding=_padding(3, self.padding), name="conv2")(y)
-    y = self.norm(name="bn2", scale_init=_last_bn_scale_init(self.zero_init_last_bn))(y)
+    y = self.norm(name="bn2", scale_init=_last_bn_scale_init(self.zero_init_residual))(y)
     if self.residual:
       y = DropPath(self.deterministic)(y, drop_path_rate) + Shortcut(
           self.features, self.strides, self.shortcut, self.conv, self.norm,
@@ -181,7 +183,7 @@ class BottleneckBlock(Block):
     y = self.act(self.norm(name="bn2")(y))
     out = self.features * self.expansion
     y = self.conv(out, (1, 1), padding="VALID", name="conv3")(y)
-    y = self.norm(name="bn3", scale_init=_last_bn_scale_init(self.zero_init_last_bn))(y)
+    y = self.norm(name="bn3", scale_init=_last_bn_scale_init(self.zero_init_residual))(y)
     if self.residual:
       y = DropPath(self.deterministic)(y, drop_path_rate) + Shortcut(
           out, self.strides, self.shortcut, self.conv, self.norm, self.shortcut_downsample,
@@ -358,8 +360,8 @@ class ResNet(nn.Module):
     if self.shortcut_downsample not in SHORTCUT_DOWNSAMPLES:
       raise ValueError(f"unknown shortcut_downsample {self.shortcut_downsample!r}; use one "
                        f"of {SHORTCUT_DOWNSAMPLES}")
-    if not 0 <= self.drop_path_rate <= 1:
-      raise ValueError(f"drop_path_rate must be in [0, 1], not {self.drop_path_rate}")
+    if not RATE_RANGE[0](self.drop_path_rate):
+      raise ValueError(f"drop_path_rate must be {RATE_RANGE[1]}, not {self.drop_path_rate}")
     if self.drop_path_rate and not self.block_cls.residual:
       raise ValueError(f"drop_path_rate needs residual blocks; {self.block_cls.__name__} "
                        "has no shortcut to fall back on")
@@ -375,7 +377,7 @@ class ResNet(nn.Module):
                              dtype=self.dtype, axis_name=self.axis_name)
     block_kwargs = dict(shortcut=self.shortcut, shortcut_downsample=self.shortcut_downsample,
                         conv=conv, norm=norm, act=self.act, padding=self.padding,
-                        zero_init_last_bn=self.zero_init_residual, deterministic=not train)
+                        zero_init_residual=self.zero_init_residual, deterministic=not train)
     if "stride_in_1x1" in self.block_cls.__dataclass_fields__:  # bottlenecks
       block_kwargs["stride_in_1x1"] = self.stride_in_1x1
     block = functools.partial(self.block_cls, **block_kwargs)

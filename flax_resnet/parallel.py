@@ -1,7 +1,7 @@
 """Data parallelism over every device of every host.
 
 The per-device steps of `flax_resnet.step` are mapped over a 1-D device mesh with
-`jax.shard_map` (the default; jit-compiled, what `jax.pmap` itself is built on since JAX 0.8),
+`jax.shard_map` (the default; jit-compiled, what current JAX builds `jax.pmap` on too),
 or with `jax.pmap` when `config.parallelism='pmap'`. Both run the same step function, so both
 give the same numbers. The train state lives replicated on every device; each host feeds its
 own slice of the global batch.
@@ -21,6 +21,17 @@ from flax_resnet.errors import ConfigError
 
 AXIS = "data"  # the mesh axis of data parallelism, named by every collective of the steps
 MODES = ("shard_map", "pmap")
+
+
+def split_evenly(total: int, parts: int, field: str, over: str) -> int:
+  """total // parts: the share of each device, host or micro-batch of a batch
+  (config.`field`), or a ConfigError, the one message of this rule, if it does not split
+  into `parts` equal non-empty shares (`over` names the parts)."""
+  if total <= 0 or total % parts:
+    suggestion = max(total // parts * parts, parts)
+    raise ConfigError(f"config.{field}={total} does not divide over {over}; use a multiple of "
+                      f"{parts}, e.g. --config.{field}={suggestion}")
+  return total // parts
 
 
 def initialize_distributed(coordinator_address: str | None = None,
@@ -61,14 +72,14 @@ class DataParallel:
   def num_devices(self) -> int:
     return len(self.devices)
 
-  def check_batch_size(self, global_batch_size: int, what: str = "batch_size") -> None:
-    """A batch must split evenly over devices and hosts: say so before anything compiles."""
-    if global_batch_size % self.num_devices:
-      lower = global_batch_size // self.num_devices * self.num_devices
-      raise ConfigError(
-          f"{what}={global_batch_size} does not divide over the {self.num_devices} devices "
-          f"of this run; use a multiple of {self.num_devices}, e.g. "
-          f"--config.{what}={max(lower, self.num_devices)}")
+  def check_batch_size(self, global_batch_size: int, field: str = "batch_size",
+                       micro_batches: int = 1) -> None:
+    """A batch must split evenly over the devices (and each device's share into
+    `micro_batches`): say so before anything compiles."""
+    over = f"the {self.num_devices} devices of this run"
+    if micro_batches > 1:
+      over += f", {micro_batches} micro-batches each (config.grad_accum_steps)"
+    split_evenly(global_batch_size, self.num_devices * micro_batches, field, over)
 
   # --- compiled steps ---------------------------------------------------------------------
 

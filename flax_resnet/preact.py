@@ -30,7 +30,7 @@ from flax_resnet.stochastic_depth import DropPath
 
 
 def _last_conv_init(zero: bool):
-  """A zero last convolution makes the fresh block the identity (`zero_init_last_bn`: a
+  """A zero last convolution makes the fresh block the identity (`zero_init_residual`: a
   pre-activation block has no BN after its last convolution, so timm zeroes the kernel)."""
   return {"kernel_init": nn.initializers.zeros} if zero else {}
 
@@ -58,7 +58,7 @@ class PreActBasicBlock(Block):
                   name="conv1")(x_preact)
     y = self.act(self.norm(name="bn2")(y))
     y = self.conv(self.features, (3, 3), padding=_padding(3, self.padding), name="conv2",
-                  **_last_conv_init(self.zero_init_last_bn))(y)
+                  **_last_conv_init(self.zero_init_residual))(y)
     return (DropPath(self.deterministic)(y, drop_path_rate)
             + _shortcut(self, x, x_preact, self.features))
 
@@ -86,5 +86,5 @@ class PreActBottleneckBlock(Block):
     y = self.act(self.norm(name="bn3")(y))
     out = self.features * self.expansion
     y = self.conv(out, (1, 1), padding="VALID", name="conv3",
-                  **_last_conv_init(self.zero_init_last_bn))(y)
+                  **_last_conv_init(self.zero_init_residual))(y)
     return DropPath(self.deterministic)(y, drop_path_rate) + _shortcut(self, x, x_preact, out)

@@ -8,6 +8,7 @@ devices with collectives. `flax_resnet.parallel` maps them over the devices with
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable
 
@@ -33,8 +34,8 @@ class TrainState(struct.PyTreeNode):
   opt_state: Any
   # float16 only: the dynamic loss scale (None otherwise).
   dynamic_scale: dynamic_scale_lib.DynamicScale | None = None
-  # config.ema_decay > 0 only (None otherwise, so a state without EMA has the structure it
-  # always had): the exponential moving average of the parameters and, as timm's ModelEmaV2
+  # config.ema_decay > 0 only (None otherwise: a state without EMA holds no such leaves): the
+  # exponential moving average of the parameters and, as timm's ModelEmaV2
   # averages BatchNorm's buffers with the weights, of the BatchNorm statistics. The running
   # statistics of the raw weights describe the raw network's activations, which move ahead
   # of the averaged network's; their average lags as the averaged weights do.
@@ -117,29 +118,59 @@ def accumulated_grads(loss_fn: Callable, params, batch_stats, batch, steps: int)
   return jnp.mean(losses), logits.reshape((-1, logits.shape[-1])), batch_stats, grads
 
 
-def train_step(state: TrainState, batch, *, model: nn.Module, tx: optax.GradientTransformation,
-               learning_rate_fn: Callable, num_classes: int, label_smoothing: float = 0.0,
-               seed: int = 0, ema_decay: float = 0.0, mixup_alpha: float = 0.0,
-               cutmix_alpha: float = 0.0, mixup_switch_prob: float = 0.5,
-               grad_accum_steps: int = 1):
+@dataclasses.dataclass(frozen=True)
+class StepSettings:
+  """What the train and eval steps need besides the state and the batch, in one value.
+
+  `from_config` builds it from a training config; the evaluation step reads `model` and
+  `num_classes` only, so `tx` and `learning_rate_fn` may stay None there.
+  """
+
+  model: nn.Module  # created with axis_name=AXIS (synchronized BatchNorm)
+  num_classes: int
+  tx: optax.GradientTransformation | None = None
+  learning_rate_fn: Callable | None = None
+  label_smoothing: float = 0.0
+  seed: int = 0
+  ema_decay: float = 0.0
+  mixup_alpha: float = 0.0
+  cutmix_alpha: float = 0.0
+  mixup_switch_prob: float = 0.5
+  grad_accum_steps: int = 1
+
+  @classmethod
+  def from_config(cls, config, model: nn.Module, tx: optax.GradientTransformation,
+                  learning_rate_fn: Callable, num_classes: int) -> StepSettings:
+    return cls(model=model, num_classes=num_classes, tx=tx, learning_rate_fn=learning_rate_fn,
+               label_smoothing=config.label_smoothing, seed=config.seed,
+               ema_decay=config.ema_decay, mixup_alpha=config.mixup_alpha,
+               cutmix_alpha=config.cutmix_alpha, mixup_switch_prob=config.mixup_switch_prob,
+               grad_accum_steps=config.grad_accum_steps)
+
+
+def train_step(state: TrainState, batch, settings: StepSettings):
   """One optimizer step on this device's shard; returns the new state and averaged metrics.
 
-  `model` must have been created with `axis_name=AXIS`, so its BatchNorm statistics are the
-  statistics of the global batch (synchronized BN). The step's randomness, stochastic depth's
-  masks (the 'dropout' stream) and mixup/CutMix, comes from `step_rng(seed, state.step)`;
-  each device mixes its own shard. Under mixing, train_accuracy counts the label with the
-  larger weight in each mixed example (`mixing.dominant_labels`). With `ema_decay` > 0 the
-  state must hold an EMA (`with_ema`), updated after the optimizer step. With
-  grad_accum_steps k > 1 the shard is split into k micro-batches whose gradients are averaged
-  before the one update (accumulated_grads); BatchNorm then sees (and synchronizes) one
-  micro-batch at a time.
+  `settings.model` must have been created with `axis_name=AXIS`, so its BatchNorm statistics
+  are the statistics of the global batch (synchronized BN). The step's randomness, stochastic
+  depth's masks (the 'dropout' stream) and mixup/CutMix, comes from
+  `step_rng(settings.seed, state.step)`; each device mixes its own shard. Under mixing,
+  train_accuracy counts the label with the larger weight in each mixed example
+  (`mixing.dominant_labels`). With `ema_decay` > 0 the state must hold an EMA (`with_ema`),
+  updated after the optimizer step. With grad_accum_steps k > 1 the shard is split into k
+  micro-batches whose gradients are averaged before the one update (accumulated_grads);
+  BatchNorm then sees (and synchronizes) one micro-batch at a time.
   """
-  dropout_key, mix_key = jax.random.split(step_rng(seed, state.step))
+  model, tx, num_classes = settings.model, settings.tx, settings.num_classes
+  label_smoothing, ema_decay = settings.label_smoothing, settings.ema_decay
+  mixup_alpha, cutmix_alpha = settings.mixup_alpha, settings.cutmix_alpha
+  dropout_key, mix_key = jax.random.split(step_rng(settings.seed, state.step))
   images, labels = batch["image"], batch["label"]
   if mixup_alpha > 0 or cutmix_alpha > 0:
     mixed = mixing.mix_batch(mix_key, images, labels, num_classes=num_classes,
                              mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
-                             switch_prob=mixup_switch_prob, label_smoothing=label_smoothing)
+                             switch_prob=settings.mixup_switch_prob,
+                             label_smoothing=label_smoothing)
     images, targets = mixed.images, mixed.targets
     accuracy_labels = mixing.dominant_labels(labels, mixed.perm, mixed.lam)
   else:
@@ -162,7 +193,7 @@ def train_step(state: TrainState, batch, *, model: nn.Module, tx: optax.Gradient
     dynamic_scale, is_finite, (loss, (logits, batch_stats)), grads = grad_fn(state.params)
   else:
     loss, logits, batch_stats, grads = accumulated_grads(
-        loss_fn, state.params, state.batch_stats, inputs, grad_accum_steps)
+        loss_fn, state.params, state.batch_stats, inputs, settings.grad_accum_steps)
     grads = jax.lax.pmean(grads, AXIS)
 
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -188,11 +219,11 @@ def train_step(state: TrainState, batch, *, model: nn.Module, tx: optax.Gradient
       "train_accuracy": jnp.mean(jnp.argmax(logits, -1) == accuracy_labels),
   }
   metrics = jax.lax.pmean(metrics, AXIS)
-  metrics["learning_rate"] = learning_rate_fn(state.step)
+  metrics["learning_rate"] = settings.learning_rate_fn(state.step)
   return new_state, metrics
 
 
-def eval_step(state: TrainState, batch, *, model: nn.Module, num_classes: int):
+def eval_step(state: TrainState, batch, settings: StepSettings):
   """Sums of loss, top-1 and top-5 hits and real examples over all devices; where the state
   holds an EMA, the EMA weights' sums too, under 'ema_loss', 'ema_top1' and 'ema_top5'.
 
@@ -200,6 +231,7 @@ def eval_step(state: TrainState, batch, *, model: nn.Module, num_classes: int):
   Multi-view batches (B, V, H, W, C), ten crops or an image and its mirror, are scored
   by the mean of the views' logits.
   """
+  model, num_classes = settings.model, settings.num_classes
   images = batch["image"]
   views = images.shape[1] if images.ndim == 5 else 0
   if views:

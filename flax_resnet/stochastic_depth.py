@@ -17,6 +17,11 @@ import jax
 import jax.numpy as jnp
 
 
+# The allowed drop_path_rate, one rule for the config check and ResNet: (test, what it must be).
+# A rate of 1 would never train the last block.
+RATE_RANGE = (lambda rate: 0 <= rate < 1, "in [0, 1)")
+
+
 class DropPath(nn.Module):
   """Stochastic depth (Huang et al. 2016), as timm's drop_path: in training
   (`deterministic=False`) each example's residual branch is zeroed with probability `rate` and

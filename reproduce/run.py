@@ -131,7 +131,8 @@ def summarize(name: str, run_dir: str, data_dir: str | None) -> dict:
   from flax_resnet import count_params, create_model, loop
   from flax_resnet.analysis import kernel_norm, layer_responses, output_scale
   from flax_resnet.checkpointing import read_state
-  from flax_resnet.data import datasets, pipeline
+  from flax_resnet.config import model_fields
+  from flax_resnet.data import catalog, datasets, pipeline
   from flax_resnet.step import create_train_state
 
   config = studies.get_config(name)
@@ -141,8 +142,8 @@ def summarize(name: str, run_dir: str, data_dir: str | None) -> dict:
   epoch = datasets.steps_per_epoch(config, process_count=1)
   last_epoch = [r for r in records if "train_accuracy" in r and r["step"] > steps - epoch]
   final_eval = [r for r in records if "eval_accuracy" in r][-1]
-  size = datasets.image_size(config)
-  model = create_model(config.model, num_classes=10, shortcut=config.shortcut)
+  size = catalog.image_size(config)
+  model = create_model(config.model, num_classes=10, **model_fields(config))
   state = read_state(os.path.join(run_dir, "checkpoints"))
   config.eval_examples, config.eval_flip = RESPONSE_IMAGES, False
   batches = list(pipeline.create_eval_iterator(config, process_index=0, process_count=1))
@@ -159,7 +160,7 @@ def summarize(name: str, run_dir: str, data_dir: str | None) -> dict:
                             labels[:config.batch_size])
   info = _read_json(os.path.join(run_dir, "run.json"), {})
   return {"name": name, "model": config.model,
-          "shortcut": None if config.model.startswith(("plain", "cifar_plain")) else config.shortcut,
+          "shortcut": None if config.model.startswith(("plain", "cifar_plain")) else model.shortcut,
           "image_size": size, "steps": steps,
           "train_error": 1 - float(np.mean([r["train_accuracy"] for r in last_epoch])),
           "test_error": 1 - final_eval["eval_accuracy"],

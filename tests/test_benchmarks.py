@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # starts train.py or trains: `pytest -m 'not slow'` skips it
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

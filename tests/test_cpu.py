@@ -71,6 +71,7 @@ def test_the_environment_picks_the_convolution_library(monkeypatch):
     cpu.configure_cpu(reuse_host_memory=False)
 
 
+@pytest.mark.slow
 def test_train_py_names_a_bad_convolution_library_in_one_line(tmp_path):
   env = {**os.environ, "JAX_PLATFORMS": "cpu", cpu.CONVOLUTIONS_ENV: "onednn"}
   result = subprocess.run([sys.executable, "train.py", "--config=configs/fashion_mnist.py",
@@ -160,3 +161,14 @@ def test_reused_host_memory_spares_the_page_faults_of_each_call():
     faults[mode] = float(out.split()[-1])
   assert faults["default"] > 10_000, faults  # the 64 MB output, mapped anew each call
   assert faults["reuse"] < faults["default"] / 10, faults
+
+
+def test_backends_started_answers_through_jax():
+  """cpu._backends_started is the one use of a private JAX API: False in a fresh process that
+  has imported JAX, True once the backends run. If JAX moves or drops the function, the
+  second answer turns False and this test fails."""
+  code = ("import jax; from flax_resnet import cpu; a = cpu._backends_started(); jax.devices(); "
+          "print(a, cpu._backends_started())")
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": ROOT}, timeout=300)
+  assert result.stdout.split() == ["False", "True"], result.stderr

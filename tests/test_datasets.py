@@ -17,7 +17,7 @@ import flax_resnet
 from data_utils import make_config
 from flax_resnet import inference
 from flax_resnet.config import check_config
-from flax_resnet.data import datasets, fashion_mnist, pipeline, statistics
+from flax_resnet.data import catalog, datasets, fashion_mnist, pipeline, statistics
 from flax_resnet.errors import ConfigError, DataError
 
 FASHION_SOURCE = fashion_mnist.DEFAULT_SOURCE_DIR
@@ -68,7 +68,7 @@ def test_fashion_mnist_normalization_matches_data():
 def test_inference_and_the_package_use_the_one_imagenet_statistics():
   assert inference.IMAGENET_MEAN is statistics.IMAGENET_MEAN is flax_resnet.IMAGENET_MEAN
   assert inference.IMAGENET_STD is statistics.IMAGENET_STD is flax_resnet.IMAGENET_STD
-  assert datasets.DATASETS["imagenet2012"].mean is statistics.IMAGENET_MEAN
+  assert catalog.DATASETS["imagenet2012"].mean is statistics.IMAGENET_MEAN
   # Inference stays free of TensorFlow.
   code = "import sys, flax_resnet.inference; assert 'tensorflow' not in sys.modules"
   subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO,
@@ -208,10 +208,10 @@ def test_batch_larger_than_a_hosts_data(fashion_mnist_data_dir, tmp_path):
 
 def test_batch_not_divisible_by_process_count(fashion_mnist_data_dir):
   config = make_config(dataset="fashion_mnist", data_dir=fashion_mnist_data_dir, batch_size=10)
-  with pytest.raises(ConfigError, match="batch_size=10 must be a positive multiple of the "
-                                        "process count 3"):
+  with pytest.raises(ConfigError, match="config.batch_size=10 does not divide over the 3 "
+                                        "processes"):
     datasets.check_data(config, process_count=3)
-  with pytest.raises(ConfigError, match="multiple of the process count 3"):
+  with pytest.raises(ConfigError, match="does not divide over the 3 processes"):
     pipeline.create_train_iterator(config, process_index=0, process_count=3)
 
 

@@ -16,6 +16,8 @@ import pytest
 import gcs_emulator
 from train_utils import ROOT, assert_trees_equal, train_command, train_env
 
+pytestmark = pytest.mark.slow  # starts train.py or trains: `pytest -m 'not slow'` skips it
+
 BUCKET = "bucket"
 STEPS = 6
 SHORT = [f"--config.num_train_steps={STEPS}", "--config.log_every_steps=1",

@@ -283,6 +283,7 @@ def _train(data_dir, workdir):
       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_train_py_names_a_corrupt_image_then_trains(fresh_folder, tmp_path):
   bad = os.path.join(fresh_folder, "train", "ant", "corrupt.jpg")
   with open(bad, "wb") as f:

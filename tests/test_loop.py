@@ -15,7 +15,7 @@ from flax_resnet.errors import CheckpointError, TrainingDiverged
 from flax_resnet.loop import (MetricsBuffer, check_same_run, checkpoint_layout, evaluate,
                               restore_or_initialize)
 from flax_resnet.parallel import AXIS, DataParallel
-from flax_resnet.step import create_train_state, eval_step
+from flax_resnet.step import StepSettings, create_train_state, eval_step
 from train_utils import assert_trees_equal
 
 
@@ -106,7 +106,8 @@ def test_evaluate_counts_every_real_example_once():
   model = create_model("cifar_resnet20", widths=(4, 4, 4), num_classes=3, axis_name=AXIS)
   parallel = DataParallel("shard_map", jax.devices()[:2])
   state = parallel.put_state(_state_maker(model)(jax.random.key(0)))
-  p_eval = parallel.map_eval(functools.partial(eval_step, model=model, num_classes=3))
+  settings = StepSettings(model=model, num_classes=3)
+  p_eval = parallel.map_eval(functools.partial(eval_step, settings=settings))
   rng = np.random.default_rng(0)
   batches = [{"image": rng.normal(size=(4, 8, 8, 3)).astype(np.float32),
               "label": np.array([0, 1, 2, 0], np.int32),

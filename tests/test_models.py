@@ -8,7 +8,7 @@ import pytest
 
 import flax_resnet
 from flax_resnet import count_macs, count_params, create_model, summary
-from flax_resnet.summary import layers
+from flax_resnet.counting import layers
 from flax_resnet.models import BasicBlock, BottleneckBlock, Shortcut
 from flax_resnet.preact import PreActBasicBlock, PreActBottleneckBlock
 from flax_resnet.stochastic_depth import DropPath, drop_path_rates
@@ -156,7 +156,7 @@ def test_zero_init_residual_block_is_identity(block_cls, features):
   """With the last BN's scale at zero, a fresh block computes relu(x) = x for x >= 0."""
   x = jax.nn.relu(jax.random.normal(jax.random.key(0), (2, 8, 8, 16)))
   norm = nn.BatchNorm
-  block = block_cls(features, zero_init_last_bn=True, conv=nn.Conv,
+  block = block_cls(features, zero_init_residual=True, conv=nn.Conv,
                     norm=lambda **kw: norm(use_running_average=False, **kw))
   variables = block.init(jax.random.key(1), x)
   y, _ = block.apply(variables, x, mutable=["batch_stats"])
@@ -336,7 +336,7 @@ def test_preact_block_is_exactly_the_identity_when_its_last_conv_is_zero(block_c
   """Nothing follows the addition: a zero residual branch passes x through unchanged,
   negative values included (a post-activation block would clip them with its ReLU)."""
   x = jax.random.normal(jax.random.key(0), (2, 8, 8, 16))
-  block = block_cls(features, zero_init_last_bn=True,
+  block = block_cls(features, zero_init_residual=True,
                     norm=lambda **kw: nn.BatchNorm(use_running_average=False, **kw))
   variables = block.init(jax.random.key(1), x)
   y, _ = block.apply(variables, x, mutable=["batch_stats"])

@@ -8,6 +8,9 @@ import sys
 import nbformat
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from nbclient import NotebookClient
+import pytest
+
+pytestmark = pytest.mark.slow  # starts train.py or trains: `pytest -m 'not slow'` skips it
 
 NOTEBOOK = pathlib.Path(__file__).resolve().parents[1] / "notebooks" / "quickstart.ipynb"
 

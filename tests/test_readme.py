@@ -4,6 +4,9 @@ import contextlib
 import io
 import pathlib
 import re
+import pytest
+
+pytestmark = pytest.mark.slow  # starts train.py or trains: `pytest -m 'not slow'` skips it
 
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 

@@ -16,6 +16,8 @@ import pytest
 from train_utils import (ROOT, assert_trees_equal, records, run_train, saved_state,
                          train_command, train_env)
 
+pytestmark = pytest.mark.slow  # starts train.py or trains: `pytest -m 'not slow'` skips it
+
 STEPS = 30
 SHORT = [f"--config.num_train_steps={STEPS}", "--config.log_every_steps=1",
          "--config.eval_every_steps=1000", "--config.checkpoint_every_steps=5",

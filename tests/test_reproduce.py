@@ -10,6 +10,8 @@ import pytest
 
 from train_utils import ROOT, train_env
 
+pytestmark = pytest.mark.slow  # starts train.py or trains: `pytest -m 'not slow'` skips it
+
 
 def test_configs_of_the_studies_share_one_recipe():
   from configs import reproduce

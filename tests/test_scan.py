@@ -15,12 +15,13 @@ import pytest
 from flax_resnet import cpu, loop, optim
 from flax_resnet.config import default_config
 from flax_resnet.cpu_ops import canonical_conv, materialize
-from flax_resnet.registry import create_model
+from flax_resnet.named_models import create_model
 from flax_resnet.scan_layout import (scanned_to_unrolled, to_scanned_layout, to_unrolled_layout,
                                      unrolled_to_scanned)
 from flax_resnet.parallel import DataParallel
 from flax_resnet.parallel import AXIS
-from flax_resnet.step import TrainState, accumulated_grads, create_train_state, train_step
+from flax_resnet.step import (StepSettings, TrainState, accumulated_grads, create_train_state,
+                              train_step)
 from train_utils import run_train, saved_state
 
 # A narrow CIFAR ResNet-20 (3 blocks per stage, option A shortcuts) and a narrow bottleneck
@@ -93,9 +94,9 @@ def _optimizer():
 
 def _two_train_steps(model, state, batch, parallel):
   tx, lr_fn = _optimizer()
-  step = parallel.map_step(functools.partial(train_step, model=model, tx=tx,
-                                             learning_rate_fn=lr_fn,
-                                             num_classes=model.num_classes))
+  settings = StepSettings(model=model, num_classes=model.num_classes, tx=tx,
+                          learning_rate_fn=lr_fn)
+  step = parallel.map_step(functools.partial(train_step, settings=settings))
   state = parallel.put_state(state)
   batch = parallel.put_batch(batch)
   for _ in range(2):
@@ -286,6 +287,7 @@ def test_layout_of_a_whole_train_state():
   _assert_trees_close(to_unrolled_layout(scanned), state, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_train_py_with_scanned_blocks_writes_unrolled_checkpoints(tmp_path,
                                                                   fashion_mnist_data_dir):
   """A run with scan_blocks=True saves the unrolled layout, and a run without it resumes."""

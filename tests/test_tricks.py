@@ -17,8 +17,8 @@ from flax_resnet.checkpointing import Checkpointer
 from flax_resnet.config import ConfigError, check_config
 from flax_resnet.loop import restore_or_initialize
 from flax_resnet.parallel import AXIS, DataParallel
-from flax_resnet.step import (create_train_state, ema_update, eval_step, step_rng, train_step,
-                              with_ema)
+from flax_resnet.step import (StepSettings, create_train_state, ema_update, eval_step, step_rng,
+                              train_step, with_ema)
 from train_utils import assert_trees_equal, records, run_train, saved_state
 
 
@@ -157,8 +157,8 @@ def _setup(drop_path_rate=0.0, ema=False, batch_size=16, **step_args):
   model = create_model("cifar_resnet20", num_classes=10, widths=(8, 16, 16), axis_name=AXIS,
                        drop_path_rate=drop_path_rate)
   state = create_train_state(model, tx, (16, 16, 3), jax.random.key(0), ema=ema)
-  step = functools.partial(train_step, model=model, tx=tx, learning_rate_fn=lr, num_classes=10,
-                           **step_args)
+  settings = StepSettings(model=model, num_classes=10, tx=tx, learning_rate_fn=lr, **step_args)
+  step = functools.partial(train_step, settings=settings)
   rng = np.random.default_rng(0)
   batch = dict(image=rng.normal(size=(batch_size, 16, 16, 3)).astype(np.float32),
                label=rng.integers(0, 10, batch_size).astype(np.int32))
@@ -209,7 +209,8 @@ def test_train_step_with_every_trick_on_eight_devices():
   assert not np.allclose(kernel(after.ema_params), kernel(state.params))
   assert jax.tree.structure(after.ema_batch_stats) == jax.tree.structure(after.batch_stats)
 
-  p_eval = parallel.map_eval(functools.partial(eval_step, model=model, num_classes=10))
+  settings = StepSettings(model=model, num_classes=10)
+  p_eval = parallel.map_eval(functools.partial(eval_step, settings=settings))
   sums = parallel.get_metrics(p_eval(live, parallel.put_batch(
       {**batch, "mask": np.ones(16, np.float32)})))
   assert {"loss", "top1", "top5", "count", "ema_loss", "ema_top1", "ema_top5"} == set(sums)
@@ -265,6 +266,7 @@ TRICKS = ["--config.drop_path_rate=0.2", "--config.ema_decay=0.9", "--config.mix
           "--config.shuffle_buffer_size=1024"]
 
 
+@pytest.mark.slow
 def test_train_py_resumes_bit_identically_with_the_tricks_on(tmp_path, fashion_mnist_data_dir):
   """A run of 6 steps, and a run resumed from the first one's checkpoint of step 3 (as a run
   killed after it would): the same saved state at step 6, EMA included."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 
 from flax_resnet.data.statistics import IMAGENET_MEAN, IMAGENET_STD
-from flax_resnet.data.tf_host import tf
+from flax_resnet.data.tf_cpu_only import tf
 
 PAPER_SCALE_RANGE = (256, 480)  # Shorter side resized to a random size in [256, 480].
 

@@ -1,6 +1,6 @@
-"""What each dataset is and how it is prepared: the static facts of the supported datasets
-(`DATASETS`), the configured dataset's description (`dataset_info`), steps per epoch, and the
-prepared TFDS builder, with one clear `DataError` for data that is missing or unusable.
+"""The configured dataset, checked and prepared: its description (`dataset_info`, from the
+static facts of data/catalog.py), steps per epoch, and the prepared TFDS builder, with one
+clear `DataError` for data that is missing or unusable.
 
 `check_data(config)` looks at everything the run will read before anything is written, for the
 training loop to call right after `check_config` and before it creates the work directory.
@@ -22,53 +22,10 @@ import jax
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core.download import download_manager
 
-from flax_resnet.data import fashion_mnist, image_folder, order
-from flax_resnet.data.statistics import (CIFAR10_MEAN, CIFAR10_STD, FASHION_MNIST_MEAN,
-                                         FASHION_MNIST_STD, IMAGENET_MEAN, IMAGENET_STD)
+from flax_resnet.data import fashion_mnist, image_folder, sharding
+from flax_resnet.data.catalog import CIFAR_VALIDATION_SIZE, DATASETS, image_size
 from flax_resnet import fs
 from flax_resnet.errors import ConfigError, DataError
-
-CIFAR_VALIDATION_SIZE = 5000  # The paper's 45k/5k train/validation split.
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetSpec:
-  """Static facts about a supported dataset; None: read from the dataset's folder."""
-  num_classes: int | None
-  image_shape: tuple[int, int, int] | None  # After preprocessing (ImageNet: at image_size 224).
-  train_split: str | None
-  eval_split: str | None
-  num_train_examples: int | None
-  num_eval_examples: int | None
-  mean: tuple[float, ...]
-  std: tuple[float, ...]
-  pad: int = 0  # Zero padding before the random crop of the small-image augmentation.
-  cacheable: bool = False  # The decoded training split fits in host memory (config.cache).
-
-
-DATASETS: dict[str, DatasetSpec] = {
-    "imagenet2012": DatasetSpec(1000, (224, 224, 3), "train", "validation", 1_281_167, 50_000,
-                                IMAGENET_MEAN, IMAGENET_STD),
-    "cifar10": DatasetSpec(10, (32, 32, 3), "train", "test", 50_000, 10_000,
-                           CIFAR10_MEAN, CIFAR10_STD, pad=4, cacheable=True),
-    "fashion_mnist": DatasetSpec(10, (28, 28, 1), "train", "test", 60_000, 10_000,
-                                 FASHION_MNIST_MEAN, FASHION_MNIST_STD, pad=4, cacheable=True),
-    # The user's images in config.data_dir (image_folder.py), at config.image_size.
-    "image_folder": DatasetSpec(None, None, None, None, None, None, IMAGENET_MEAN, IMAGENET_STD),
-}
-DEFAULT_CROP_SIZE = 224  # ImageNet's and an image folder's crops where config.image_size is 0
-
-
-def image_size(config) -> int:
-  """The side of the images the model sees: config.image_size, or where it is 0 the
-  dataset's own (ImageNet's and image folders' crops: 224). CIFAR-10 and Fashion-MNIST images
-  are resized to a size other than their own after augmentation (bilinear), for example to
-  give ImageNet-style networks, whose stem downsamples by 4, larger feature maps."""
-  if config.image_size:
-    return config.image_size
-  shape = DATASETS[config.dataset].image_shape
-  return DEFAULT_CROP_SIZE if shape is None else shape[0]
-
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
@@ -112,12 +69,15 @@ def dataset_info(config) -> DatasetInfo:
                      eval_split)
 
 
-def steps_per_epoch(config, process_count: int | None = None) -> int:
+def steps_per_epoch(config, process_count: int | None = None,
+                    info: DatasetInfo | None = None) -> int:
   """Training steps in one epoch, at least 1: each host yields (its equal slice of the training
-  examples) // (per-host batch) batches. process_count: JAX's if None."""
+  examples) // (per-host batch) batches. process_count: JAX's if None; info: the dataset's
+  (as check_data returns it), worked out here if None."""
   process_count = jax.process_count() if process_count is None else process_count
-  batch = order.train_batch(config, process_count)
-  return max(1, (dataset_info(config).num_train_examples // process_count) // batch)
+  batch = sharding.train_batch(config, process_count)
+  info = dataset_info(config) if info is None else info
+  return max(1, (info.num_train_examples // process_count) // batch)
 
 
 def check_cache(config) -> None:
@@ -129,26 +89,28 @@ def check_cache(config) -> None:
                       "config.cache=False")
 
 
-def check_data(config, process_count: int | None = None) -> None:
-  """Raises DataError (or ConfigError) unless the configured data is there and usable.
+def check_data(config, process_count: int | None = None) -> DatasetInfo:
+  """The configured dataset's description (`dataset_info`), once its data is found usable;
+  else a DataError (or ConfigError).
 
   Checks config.data_dir, that the TFDS dataset is prepared (preparing Fashion-MNIST from its
-  local IDX files, or else downloading it or CIFAR-10 into data_dir, if needed), or scans and checks an image
-  folder as config.image_folder_check says, and that a host's share of the training split holds
-  one per-host batch (process_count: JAX's if None). Writes nothing but a dataset prepared into
-  data_dir, and logs no TFDS warning about a missing dataset.
+  local IDX files, or else downloading it or CIFAR-10 into data_dir, if needed), or scans and
+  checks an image folder as config.image_folder_check says, and that a host's share of the
+  training split holds one per-host batch (process_count: JAX's if None). Writes nothing but a
+  dataset prepared into data_dir, and logs no TFDS warning about a missing dataset.
   """
   process_count = jax.process_count() if process_count is None else process_count
   check_cache(config)
-  batch = order.train_batch(config, process_count)
-  order.eval_batch(config, process_count)
+  batch = sharding.train_batch(config, process_count)
+  sharding.eval_batch(config, process_count)
   if config.dataset == "image_folder":
-    folder = image_folder.checked(config)
-    order.check_batch_fits(batch, len(folder.train.paths) // process_count, folder.root)
-    return
-  prepared_builder(config)
-  order.check_batch_fits(batch, dataset_info(config).num_train_examples // process_count,
-                   config.dataset)
+    where = image_folder.checked(config).root
+  else:
+    prepared_builder(config)
+    where = config.dataset
+  info = dataset_info(config)
+  sharding.check_batch_fits(batch, info.num_train_examples // process_count, where)
+  return info
 
 
 # ----------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from etils import epath
 import tensorflow_datasets as tfds
 from tensorflow_datasets.image_classification import mnist as tfds_mnist
 
-from flax_resnet.config import DEBIAN_FASHION_MNIST_DIR
+from flax_resnet.data.catalog import DEBIAN_FASHION_MNIST_DIR
 from flax_resnet import fs
 from flax_resnet.errors import DataError
 

@@ -6,7 +6,7 @@ file is reported as one DataError naming it rather than as a TensorFlow error in
 tf.data: `check` looks before training (all files up to FULL_CHECK_LIMIT), and a file that fails
 to decode while training or evaluating is named too.
 
-Reading by index (data/order.py): the files are dealt to the hosts by a seeded permutation,
+Reading by index (data/sharding.py): the files are dealt to the hosts by a seeded permutation,
 epoch e of a host is the exact permutation `index_shuffle(., key(seed, host, e))` and each
 image's augmentation is keyed on its step (ImageNet's crops, with the paper's scale range scaled
 to image_size), so batch k is computed directly.
@@ -23,8 +23,8 @@ from typing import Callable, Iterator
 import numpy as np
 
 from flax_resnet import fs
-from flax_resnet.data import order
-from flax_resnet.data.tf_host import tf
+from flax_resnet.data import sharding
+from flax_resnet.data.tf_cpu_only import tf
 from flax_resnet.errors import ConfigError, DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")  # tf.io.decode_image's
@@ -283,20 +283,20 @@ def train_iterator(config, preprocess, start_step: int, process_index: int,
                    process_count: int) -> Iterator[dict[str, np.ndarray]]:
   """Per-host batches of the folder's train split; see pipeline.create_train_iterator."""
   folder = checked(config)
-  batch = order.train_batch(config, process_count)
+  batch = sharding.train_batch(config, process_count)
   # Hosts get equal, disjoint slices of one seeded permutation (the files are sorted by class).
   per_host = len(folder.train.paths) // process_count
-  dealt = np.random.default_rng(order.derive_seed(config.seed)).permutation(
+  dealt = np.random.default_rng(sharding.derive_seed(config.seed)).permutation(
       len(folder.train.paths))
   mine = dealt[process_index * per_host:(process_index + 1) * per_host]
   paths, labels = folder.train.paths[mine], folder.train.labels[mine]
-  order.check_batch_fits(batch, per_host, folder.root)
+  sharding.check_batch_fits(batch, per_host, folder.root)
   epoch_steps = per_host // batch
-  host_key = tf.constant([order.derive_seed(config.seed, process_index), 0], tf.int64)
+  host_key = tf.constant([sharding.derive_seed(config.seed, process_index), 0], tf.int64)
 
   def batch_indices_and_seeds(step):
     """The files of batch `step` (exact per-epoch permutation) and their augmentation seeds."""
-    indices, augment_seed = order.permuted_batch(host_key, step, epoch_steps, batch, per_host)
+    indices, augment_seed = sharding.permuted_batch(host_key, step, epoch_steps, batch, per_host)
     return indices, tf.random.experimental.stateless_split(augment_seed, batch)
 
   paths_t, labels_t = tf.constant(paths), tf.constant(labels)
@@ -308,7 +308,7 @@ def train_iterator(config, preprocess, start_step: int, process_index: int,
   steps = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
   ds = steps.map(batch_indices_and_seeds).unbatch()
   ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE).batch(batch, drop_remainder=True)
-  ds = ds.prefetch(config.prefetch).with_options(order.options())
+  ds = ds.prefetch(config.prefetch).with_options(sharding.options())
   return _naming_bad_images(
       ds.as_numpy_iterator(),
       lambda k: paths[batch_indices_and_seeds(tf.constant(start_step + k, tf.int64))[0].numpy()])
@@ -319,7 +319,7 @@ def eval_iterator(config, preprocess, process_index: int,
   """This host's contiguous share of the folder's eval split, padded; see
   pipeline.create_eval_iterator."""
   folder = checked(config)
-  batch = order.eval_batch(config, process_count)
+  batch = sharding.eval_batch(config, process_count)
   kept = eval_subset(len(folder.eval.paths), config.eval_examples)
   shares = np.array_split(kept, process_count)
   mine = shares[process_index]
@@ -332,6 +332,6 @@ def eval_iterator(config, preprocess, process_index: int,
 
   ds = tf.data.Dataset.from_tensor_slices((paths, labels))
   ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-  ds = order.padded_batches(ds, len(mine), num_batches, batch).prefetch(config.prefetch)
-  return _naming_bad_images(ds.with_options(order.options()).as_numpy_iterator(),
+  ds = sharding.padded_batches(ds, len(mine), num_batches, batch).prefetch(config.prefetch)
+  return _naming_bad_images(ds.with_options(sharding.options()).as_numpy_iterator(),
                             lambda k: paths[k * batch:(k + 1) * batch])

@@ -2,7 +2,7 @@
 or over an image folder (data/image_folder.py), yielding numpy batches per host.
 
 `create_train_iterator` and `create_eval_iterator` shard over hosts, order and seed examples
-by (seed, process layout, step) (data/order.py) and apply the preprocessing the config chooses
+by (seed, process layout, step) (data/sharding.py) and apply the preprocessing the config chooses
 (data/augment.py). Two ways to read the training split:
 - Cached (config.cache; small datasets): the host's decoded split sits in host memory, epoch e
   is the exact random permutation `index_shuffle(., key(seed, host, e))` and each batch's
@@ -23,9 +23,10 @@ from typing import Callable, Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
-from flax_resnet.data import augment, datasets, image_folder, order
-from flax_resnet.data.datasets import DATASETS, dataset_info
-from flax_resnet.data.tf_host import tf
+from flax_resnet.data import augment, datasets, image_folder, sharding
+from flax_resnet.data.catalog import DATASETS, image_size
+from flax_resnet.data.datasets import dataset_info
+from flax_resnet.data.tf_cpu_only import tf
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +62,7 @@ def _dataset_preprocessors(config) -> _Preprocessors:
   name = config.dataset
   spec = DATASETS[name]
   if name in ("imagenet2012", "image_folder"):
-    size, antialias = datasets.image_size(config), config.image_resize_antialias
+    size, antialias = image_size(config), config.image_resize_antialias
     augmentation, crop = config.imagenet_train_augmentation, config.imagenet_eval_crop
     train_image, eval_image, decoders = (
         (augment.folder_train_image, augment.folder_eval_image, None) if name == "image_folder"
@@ -73,7 +74,7 @@ def _dataset_preprocessors(config) -> _Preprocessors:
         eval=lambda ex: eval_image(ex["image"], size, crop, antialias, spec.mean, spec.std),
         decoders=decoders)
   pad = spec.pad if config.crop_padding is None else config.crop_padding
-  size = datasets.image_size(config)
+  size = image_size(config)
   if size == spec.image_shape[0]:
     normalize = lambda images: augment.normalize(images, spec.mean, spec.std)
   else:  # resized after the crop, before normalization
@@ -105,7 +106,7 @@ def create_train_iterator(config, *, start_step: int = 0, process_index=None,
   permutation; otherwise examples stream from the TFDS files with a per-epoch file order and a
   shuffle buffer of config.shuffle_buffer_size.
   """
-  process_index, process_count = order.process(process_index, process_count)
+  process_index, process_count = sharding.process(process_index, process_count)
   if start_step < 0:
     raise ValueError(f"start_step={start_step} must be >= 0.")
   datasets.check_cache(config)
@@ -114,23 +115,24 @@ def create_train_iterator(config, *, start_step: int = 0, process_index=None,
     return image_folder.train_iterator(config, preprocess, start_step, process_index,
                                        process_count)
   info = dataset_info(config)
-  batch = order.train_batch(config, process_count)
+  batch = sharding.train_batch(config, process_count)
   builder = datasets.prepared_builder(config)
   split = tfds.split_for_jax_process(info.train_split, process_index=process_index,
                                      process_count=process_count, drop_remainder=True)
   num_examples = builder.info.splits[split].num_examples
-  order.check_batch_fits(batch, num_examples, config.dataset)
-  host_seed = order.derive_seed(config.seed, process_index)
+  sharding.check_batch_fits(batch, num_examples, config.dataset)
+  host_seed = sharding.derive_seed(config.seed, process_index)
   if config.cache:
     ds = _in_memory_train_dataset(builder, split, preprocess, host_seed, batch, start_step)
-    return ds.prefetch(config.prefetch).with_options(order.options()).as_numpy_iterator()
+    return ds.prefetch(config.prefetch).with_options(sharding.options()).as_numpy_iterator()
 
   def batches():
     epoch, step_in_epoch = divmod(start_step, num_examples // batch)
     while True:
-      ds = _streamed_epoch_dataset(builder, split, preprocess, order.derive_seed(host_seed, epoch),
+      epoch_seed = sharding.derive_seed(host_seed, epoch)
+      ds = _streamed_epoch_dataset(builder, split, preprocess, epoch_seed,
                                    config.shuffle_buffer_size, batch, skip=step_in_epoch * batch)
-      ds = ds.prefetch(config.prefetch).with_options(order.options())
+      ds = ds.prefetch(config.prefetch).with_options(sharding.options())
       yield from ds.as_numpy_iterator()
       epoch, step_in_epoch = epoch + 1, 0
 
@@ -150,7 +152,7 @@ def _in_memory_train_dataset(builder, split, preprocess: _Preprocessors, host_se
   host_key = tf.constant([host_seed, 0], tf.int64)
 
   def batch_at(step):
-    indices, augment_seed = order.permuted_batch(host_key, step, epoch_steps, batch,
+    indices, augment_seed = sharding.permuted_batch(host_key, step, epoch_steps, batch,
                                                  num_examples)
     images = tf.gather(examples["image"], indices)
     return {"image": preprocess.train_batch(images, augment_seed),
@@ -194,12 +196,12 @@ def create_eval_iterator(config, *, process_index=None,
   and 0.0 for padding. All hosts yield the same number of batches; together they cover each
   example of the split exactly once. ImageNet ten_crop images are (B, 10, H, W, 3), and
   config.eval_flip's (B, 2, H, W, C): the image and its mirror."""
-  process_index, process_count = order.process(process_index, process_count)
+  process_index, process_count = sharding.process(process_index, process_count)
   preprocess = _preprocessors(config)
   if config.dataset == "image_folder":
     return image_folder.eval_iterator(config, preprocess, process_index, process_count)
   info = dataset_info(config)
-  batch = order.eval_batch(config, process_count)
+  batch = sharding.eval_batch(config, process_count)
   builder = datasets.prepared_builder(config)
   host_splits = tfds.even_splits(info.eval_split, n=process_count, drop_remainder=False)
   counts = [builder.info.splits[s].num_examples for s in host_splits]
@@ -211,5 +213,5 @@ def create_eval_iterator(config, *, process_index=None,
 
   ds = _read(builder, host_splits[process_index], preprocess.decoders, shuffle_seed=None)
   ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-  ds = order.padded_batches(ds, counts[process_index], num_batches, batch)
-  return ds.prefetch(config.prefetch).with_options(order.options()).as_numpy_iterator()
+  ds = sharding.padded_batches(ds, counts[process_index], num_batches, batch)
+  return ds.prefetch(config.prefetch).with_options(sharding.options()).as_numpy_iterator()

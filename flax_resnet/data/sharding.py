@@ -17,8 +17,9 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from flax_resnet.data.tf_host import tf
-from flax_resnet.errors import ConfigError, DataError
+from flax_resnet.data.tf_cpu_only import tf
+from flax_resnet.errors import DataError
+from flax_resnet.parallel import split_evenly
 
 
 def process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -32,10 +33,8 @@ def process(process_index: int | None, process_count: int | None) -> tuple[int, 
 
 def per_host_batch(global_batch: int, process_count: int, field: str) -> int:
   """The batch of one host: `global_batch` (config.`field`) split evenly over the processes."""
-  if global_batch <= 0 or global_batch % process_count:
-    raise ConfigError(f"config.{field}={global_batch} must be a positive multiple of the "
-                      f"process count {process_count}")
-  return global_batch // process_count
+  return split_evenly(global_batch, process_count, field,
+                      f"the {process_count} processes (hosts) of this run")
 
 
 def train_batch(config, process_count: int) -> int:

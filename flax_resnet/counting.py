@@ -1,4 +1,5 @@
-"""Layer table of a model: output shapes, parameters and multiply-adds, for notebooks and tests.
+"""Counting a model's parameters and multiply-adds, layer by layer: `count_params`, `count_macs`
+and the printable layer table `summary`, for notebooks and tests.
 
 Multiply-adds are counted the way the paper counts its "FLOPs": those of convolutions and the
 fully connected layer (one multiply-add = two floating-point operations). They are read off
