@@ -16,7 +16,7 @@ import numpy as np
 
 from flax_resnet import loop, optim
 from flax_resnet.parallel import DataParallel
-from flax_resnet.step import create_train_state, train_step
+from flax_resnet.step import StepSettings, create_train_state, train_step
 
 
 class OurTrainer:
@@ -31,9 +31,9 @@ class OurTrainer:
     self.parallel = DataParallel(config.parallelism)
     self.parallel.check_batch_size(config.batch_size)
     self._state = self.parallel.put_state(state)
-    self._step = self.parallel.map_step(functools.partial(
-        train_step, model=self.model, tx=tx, learning_rate_fn=self.learning_rate_fn,
-        num_classes=num_classes, seed=config.seed))
+    settings = StepSettings.from_config(config, self.model, tx, self.learning_rate_fn,
+                                        num_classes)
+    self._step = self.parallel.map_step(functools.partial(train_step, settings=settings))
 
   @property
   def variables(self) -> dict:
