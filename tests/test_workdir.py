@@ -21,27 +21,7 @@ from flax_resnet.inference import eval_logits
 from flax_resnet.step import create_train_state, cross_entropy
 from train_utils import saved_state
 
-STEPS = 6
-
-
-def tiny_config(data_dir, **fields):
-  config = flax_resnet.default_config()
-  config.update(model="cifar_resnet20", widths=(4, 8, 8), shortcut="A", dataset="fashion_mnist",
-                data_dir=data_dir, batch_size=64, eval_batch_size=64, num_train_steps=STEPS,
-                checkpoint_every_steps=3, eval_every_steps=STEPS, log_every_steps=3,
-                eval_examples=200, eval_flip=True, ema_decay=0.5, learning_rate=0.05,
-                warmup_steps=0, plot=False, cache=True)
-  config.update(fields)
-  return config
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, fashion_mnist_data_dir):
-  """A 6-step run with an EMA, checkpoints at steps 3 and 6: (workdir, config, result)."""
-  workdir = str(tmp_path_factory.mktemp("trained") / "run")
-  config = tiny_config(fashion_mnist_data_dir)
-  result = flax_resnet.train_and_evaluate(config, workdir)
-  return workdir, config, result
+STEPS = 6  # conftest.trained_run's
 
 
 def eval_metrics(run, config):
@@ -56,8 +36,8 @@ def eval_metrics(run, config):
   return hits / count, loss / count
 
 
-def test_load_gives_the_logits_the_run_evaluated_with(trained):
-  workdir, config, result = trained
+def test_load_gives_the_logits_the_run_evaluated_with(trained_run):
+  workdir, config, result = trained_run
   run = flax_resnet.load(workdir)
   assert run.step == STEPS and run.image_shape == (28, 28, 1)
   assert run.model.widths == (4, 8, 8) and run.model.shortcut == "A"
@@ -75,8 +55,8 @@ def test_load_gives_the_logits_the_run_evaluated_with(trained):
   assert ema_loss != pytest.approx(loss, rel=1e-3)  # the EMA is other weights
 
 
-def test_load_selects_a_step(trained):
-  workdir, _, _ = trained
+def test_load_selects_a_step(trained_run):
+  workdir, _, _ = trained_run
   earlier = flax_resnet.load(workdir, step=3)
   assert earlier.step == 3
   jax.tree.map(np.testing.assert_array_equal, earlier.variables["params"],
@@ -89,8 +69,8 @@ def test_load_selects_a_step(trained):
 
 
 def test_preprocess_is_the_runs_eval_preprocessing_and_predict_names_classes(
-    trained, fashion_mnist_data_dir, tmp_path):
-  workdir, config, _ = trained
+    trained_run, fashion_mnist_data_dir, tmp_path):
+  workdir, config, _ = trained_run
   run = flax_resnet.load(workdir)
   first = next(pipeline.create_eval_iterator(config))
   test_split = tfds.builder("fashion_mnist", data_dir=fashion_mnist_data_dir).as_dataset(
@@ -115,8 +95,8 @@ def test_preprocess_is_the_runs_eval_preprocessing_and_predict_names_classes(
   assert run.preprocess(str(tmp_path / "grey.jpg")).shape == (2, 28, 28, 1)
 
 
-def test_a_bad_workdir_is_one_clear_error(trained, tmp_path):
-  workdir, _, _ = trained
+def test_a_bad_workdir_is_one_clear_error(trained_run, tmp_path):
+  workdir, _, _ = trained_run
   with pytest.raises(CheckpointError, match="no work directory at"):
     flax_resnet.load(str(tmp_path / "nowhere"))
   (tmp_path / "empty").mkdir()
