@@ -99,6 +99,8 @@ def batches(files: list[str], preprocess, size: int, failed: list):
 
 def main(argv=None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
+  from absl import logging
+  logging.set_verbosity(logging.ERROR)  # orbax's notices: the output is ours alone
   from flax_resnet.cpu import configure_cpu
   from flax_resnet.errors import USER_ERRORS
   configure_cpu()

@@ -7,19 +7,17 @@ import shutil
 
 import jax
 import numpy as np
-import optax
 import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
 import flax_resnet
-from flax_resnet.checkpointing import Checkpointer
 from flax_resnet.data import pipeline
 from flax_resnet.data.class_names import FASHION_MNIST_CLASSES
 from flax_resnet.errors import CheckpointError, DataError
 from flax_resnet.inference import eval_logits
-from flax_resnet.step import create_train_state, cross_entropy
-from train_utils import saved_state
+from flax_resnet.step import cross_entropy
+from train_utils import saved_state, write_checkpoint
 
 STEPS = 6  # conftest.trained_run's
 
@@ -116,18 +114,10 @@ def test_a_bad_workdir_is_one_clear_error(trained_run, tmp_path):
 
 
 def test_ema_of_a_run_without_one_is_refused(tmp_path):
-  model = flax_resnet.create_model("cifar_resnet20", widths=(4, 8, 8), num_classes=10)
-  state = create_train_state(model, optax.sgd(0.1), (28, 28, 1), jax.random.key(0))
-  config = flax_resnet.default_config()
-  config.update(model="cifar_resnet20", dataset="fashion_mnist", shortcut="A")
-  checkpointer = Checkpointer(str(tmp_path / "checkpoints"), async_save=False)
-  checkpointer.save(0, state, {"model": "cifar_resnet20", "widths": [4, 8, 8],
-                               "dataset": "fashion_mnist", "num_classes": 10,
-                               "image_shape": [28, 28, 1], "config": config.to_dict()})
-  checkpointer.close()
+  state = write_checkpoint(str(tmp_path), "cifar_resnet20", (28, 28, 1), "fashion_mnist",
+                           widths=(4, 8, 8), num_classes=10)
   run = flax_resnet.load(str(tmp_path))
   assert run.class_names == list(FASHION_MNIST_CLASSES)  # no classes.json: the dataset's
-  jax.tree.map(np.testing.assert_array_equal, run.variables["params"], jax.device_get(
-      state.params))
+  jax.tree.map(np.testing.assert_array_equal, run.variables["params"], state.params)
   with pytest.raises(CheckpointError, match="holds no EMA .*ema_decay=0.0"):
     flax_resnet.load(str(tmp_path), ema=True)
