@@ -45,6 +45,9 @@ def padded_max_pool(x, window_shape, strides, padding):
 def to_onnx(model, variables, image_shape, name: str = "resnet"):
   """The ONNX ModelProto of `model.apply(variables, x, train=False)` for x of shape
   (batch, *image_shape), batch free ('batch'); input 'images', output 'logits'."""
+  if model.shortcut_downsample == "avg_pool":
+    raise ValueError("ONNX export does not cover ResNet-D's average-pooled shortcuts "
+                     "(jax2onnx converts average pools with 'SAME' or 'VALID' padding only)")
   from jax2onnx import to_onnx as jax2onnx_to_onnx
   logging.getLogger("jax2onnx").setLevel(logging.ERROR)  # its optional plugins' import notes
   # The plain layers, not the CPU training formulations (cpu.model_overrides), whose

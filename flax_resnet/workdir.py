@@ -1,7 +1,7 @@
 """A trained work directory, read back: `flax_resnet.load(workdir)`.
 
     run = flax_resnet.load("workdirs/fashion_mnist")       # or gs://bucket/run; step=, ema=
-    run.predict("shoe.png", k=3)                           # [Prediction(7, 0.93, 'Sneaker'), ...]
+    run.predict("shoe.png", k=3)                           # [Prediction(index, probability, name), ...]
     logits = run.model.apply(run.variables, images, train=False)
 
 A work directory holds the checkpoints (checkpointing.py; each records its run's model, widths,
