@@ -54,6 +54,7 @@ def test_onnx_logits_equal_ours(name, shape):
                                atol=1e-5 * np.abs(ours).max())
 
 
+@pytest.mark.slow  # trains (conftest.trained_run)
 def test_export_cli_onnx_of_a_trained_run(trained_run, tmp_path):
   pytest.importorskip("jax2onnx")
   workdir, config, _ = trained_run

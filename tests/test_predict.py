@@ -23,6 +23,7 @@ def predict_cli(*args):
                         env=dict(os.environ, PYTHONPATH=ROOT))
 
 
+@pytest.mark.slow  # trains (conftest.trained_run)
 def test_workdir_folder_csv_and_bad_inputs(trained_run, fashion_mnist_data_dir, tmp_path):
   workdir, _, _ = trained_run
   folder = tmp_path / "items"

@@ -34,6 +34,7 @@ def eval_metrics(run, config):
   return hits / count, loss / count
 
 
+@pytest.mark.slow  # trains (conftest.trained_run)
 def test_load_gives_the_logits_the_run_evaluated_with(trained_run):
   workdir, config, result = trained_run
   run = flax_resnet.load(workdir)
@@ -53,6 +54,7 @@ def test_load_gives_the_logits_the_run_evaluated_with(trained_run):
   assert ema_loss != pytest.approx(loss, rel=1e-3)  # the EMA is other weights
 
 
+@pytest.mark.slow  # trains (conftest.trained_run)
 def test_load_selects_a_step(trained_run):
   workdir, _, _ = trained_run
   earlier = flax_resnet.load(workdir, step=3)
@@ -66,6 +68,7 @@ def test_load_selects_a_step(trained_run):
     flax_resnet.load(workdir, step=4)
 
 
+@pytest.mark.slow  # trains (conftest.trained_run)
 def test_preprocess_is_the_runs_eval_preprocessing_and_predict_names_classes(
     trained_run, fashion_mnist_data_dir, tmp_path):
   workdir, config, _ = trained_run
@@ -93,6 +96,7 @@ def test_preprocess_is_the_runs_eval_preprocessing_and_predict_names_classes(
   assert run.preprocess(str(tmp_path / "grey.jpg")).shape == (2, 28, 28, 1)
 
 
+@pytest.mark.slow  # trains (conftest.trained_run)
 def test_a_bad_workdir_is_one_clear_error(trained_run, tmp_path):
   workdir, _, _ = trained_run
   with pytest.raises(CheckpointError, match="no work directory at"):
