@@ -56,6 +56,7 @@ _LAZY = {
     "from_timm": "flax_resnet.convert_timm",
     "to_timm": "flax_resnet.convert_timm",
     "timm_models": "flax_resnet.convert_timm",
+    "load": "flax_resnet.workdir",
     "predict": "flax_resnet.inference",
     "preprocess": "flax_resnet.inference",
     "load_image": "flax_resnet.inference",

@@ -113,23 +113,49 @@ class Checkpointer:
 def read_state(directory: str, step: int | None = None):
   """The train state saved at `step` (default: the newest) in a checkpoints folder, as numpy
   arrays in a dict (step, params, batch_stats, opt_state, ...), for analysis outside a run."""
+  return read_checkpoint(directory, step)[1]
+
+
+def read_checkpoint(directory: str, step: int | None = None) -> tuple[int, dict, dict]:
+  """(step, state, meta) of the checkpoint at `step` (default: the newest) in a checkpoints
+  folder, the state as numpy arrays in a dict; a CheckpointError where the folder holds no
+  checkpoint, not that step, or one that cannot be read."""
   directory = fs.user_path(directory)
   manager = ocp.CheckpointManager(directory, item_names=("state", "meta"),
                                  options=ocp.CheckpointManagerOptions(create=False,
                                                                       read_only=True))
   try:
-    step = manager.latest_step() if step is None else step
-    if step is None:
+    steps = sorted(manager.all_steps())
+    if not steps:
       raise CheckpointError(f"no checkpoint in {directory}")
-    path = directory / str(step) / "state"
+    step = steps[-1] if step is None else step
+    if step not in steps:
+      raise CheckpointError(f"no checkpoint of step {step} in {directory}; it holds steps "
+                            f"{', '.join(map(str, steps))}")
+    try:
+      meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    except Exception as e:  # noqa: BLE001 - any unreadable file: one message
+      raise _unreadable(step, directory, steps, e) from e
   finally:
     manager.close()
+  path = directory / str(step) / "state"
   one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  with ocp.StandardCheckpointer() as checkpointer:
-    saved = checkpointer.metadata(path).item_metadata.tree
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device),
-                          saved)
-    return jax.device_get(checkpointer.restore(path, target))
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      saved = checkpointer.metadata(path).item_metadata.tree
+      target = jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device), saved)
+      state = jax.device_get(checkpointer.restore(path, target))
+  except Exception as e:  # noqa: BLE001
+    raise _unreadable(step, directory, steps, e) from e
+  return step, state, meta
+
+
+def _unreadable(step: int, directory, steps: list[int], error: Exception) -> CheckpointError:
+  older = [s for s in steps if s < step]
+  return CheckpointError(
+      f"the checkpoint at step {step} in {directory} cannot be read ({_first_line(error)})"
+      + (f"; older ones: steps {', '.join(map(str, older))}" if older else ""))
 
 
 def _first_line(error: Exception) -> str:

@@ -30,6 +30,7 @@ from flax_resnet.parallel import AXIS, DataParallel
 from flax_resnet.plan import RunPlan, plan_run
 from flax_resnet.reporting import Reporter
 from flax_resnet.step import StepSettings, create_train_state, eval_step, train_step, with_ema
+from flax_resnet.workdir import record_classes
 
 
 def compute_dtype(config):
@@ -322,6 +323,7 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
         training.from_checkpoint, plan.parallel,
         check_meta=lambda saved: check_same_run(saved, training.meta, workdir),
         ema=training.settings.ema_decay > 0)
+    record_classes(workdir, config, plan.num_classes)  # WORKDIR/classes.json, for load()
     reporter = Reporter(workdir, plan.num_train_steps, config.batch_size, start_step)
     try:
       reporter.say(f"{config.model} on {config.dataset}: {plan.num_train_steps} steps of "

@@ -62,3 +62,19 @@ def fake_tfds(fake_metadata_dir):
   from data_utils import serve_fake_data
   with serve_fake_data(fake_metadata_dir):
     yield fake_metadata_dir
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, fashion_mnist_data_dir):
+  """A 6-step Fashion-MNIST run of a narrow cifar_resnet20 with an EMA, checkpoints at steps
+  3 and 6, each test image scored with its mirror: (workdir, config, result)."""
+  import flax_resnet
+  workdir = str(tmp_path_factory.mktemp("trained") / "run")
+  config = flax_resnet.default_config()
+  config.update(model="cifar_resnet20", widths=(4, 8, 8), shortcut="A", dataset="fashion_mnist",
+                data_dir=fashion_mnist_data_dir, batch_size=64, eval_batch_size=64,
+                num_train_steps=6, checkpoint_every_steps=3, eval_every_steps=6,
+                log_every_steps=3, eval_examples=200, eval_flip=True, ema_decay=0.5,
+                learning_rate=0.05, plot=False, cache=True)
+  result = flax_resnet.train_and_evaluate(config, workdir)
+  return workdir, config, result

@@ -58,6 +58,13 @@ def _preprocessors(config) -> _Preprocessors:
           lambda images, seed: erase(base.train_batch(images, seed), seed)))
 
 
+def eval_preprocessor(config) -> Callable[[dict], tf.Tensor]:
+  """The evaluation preprocessing of one example {'image': ...} under `config`: the image as
+  the dataset stores it (encoded bytes for ImageNet and image folders, uint8 pixels for
+  CIFAR-10 and Fashion-MNIST) -> (H, W, C), or (V, H, W, C) for multi-view evaluation."""
+  return _preprocessors(config).eval
+
+
 def _dataset_preprocessors(config) -> _Preprocessors:
   name = config.dataset
   spec = DATASETS[name]
