@@ -413,3 +413,13 @@ def test_summary_of_a_preact_net():
   text = summary(create_model("preact_resnet50"))
   assert "final_bn" in text and "stage4/block3/shortcut" not in text
   assert "25,549,352 parameters" in text
+
+
+def test_classifier_starts_as_torchvisions():
+  # PyTorch's nn.Linear default (torchvision, fb.resnet.torch): kernel and bias uniform in
+  # +-1/sqrt(fan_in), so the kernel's variance is 1 / (3 fan_in); Flax's Dense default has 3x.
+  fc = create_model("resnet50").init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]["fc"]
+  kernel, bias, bound = np.asarray(fc["kernel"]), np.asarray(fc["bias"]), 1 / np.sqrt(2048)
+  assert kernel.shape == (2048, 1000) and np.abs(kernel).max() <= bound
+  assert np.abs(bias).max() <= bound and np.abs(bias).max() > 0.9 * bound
+  np.testing.assert_allclose(kernel.var(), 1 / (3 * 2048), rtol=0.01)
