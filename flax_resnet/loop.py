@@ -176,12 +176,15 @@ def evaluate(p_eval: Callable, state, batches, parallel: DataParallel) -> dict[s
 
 class MetricsBuffer:
   """Training metrics of the steps not yet looked at, kept on the devices so that the host
-  does not wait for each step. `flush` fetches them, raises TrainingDiverged at the first
-  non-finite loss, and returns their mean (the learning rate: the last step's)."""
+  does not wait for each step. `flush` fetches them and writes their mean (the learning rate:
+  the last step's) as one record at the last of them, whoever asks for it (a log line, an
+  evaluation, a checkpoint), so that every step counts in exactly one record. At the first
+  non-finite loss it writes the steps before it and raises TrainingDiverged."""
 
-  def __init__(self, get_metrics: Callable, checkpoint_dir: str):
+  def __init__(self, get_metrics: Callable, write: Callable[[int, dict], None], checkpointer):
     self._get = get_metrics
-    self._checkpoint_dir = checkpoint_dir
+    self._write = write
+    self._checkpointer = checkpointer  # what the divergence message says is kept
     self._pending: list[tuple[int, Any]] = []
 
   def add(self, step: int, metrics) -> None:
@@ -192,15 +195,27 @@ class MetricsBuffer:
       return None
     host = [(s, self._get(m)) for s, m in self._pending]
     self._pending.clear()
-    for s, m in host:
-      if not np.isfinite(m["train_loss"]):
-        raise TrainingDiverged(
-            f"the training loss became {float(m['train_loss'])} at step {s}; stopped. The "
-            f"newest checkpoint in {self._checkpoint_dir} was written before it and is "
-            "intact. Lower config.learning_rate or enable warm-up, then run again.")
-    mean = {k: float(np.mean([m[k] for _, m in host])) for k in host[-1][1]}
-    mean["learning_rate"] = float(host[-1][1]["learning_rate"])
+    bad = next((i for i, (_, m) in enumerate(host) if not np.isfinite(m["train_loss"])), None)
+    good = host if bad is None else host[:bad]
+    mean = None
+    if good:
+      mean = {k: float(np.mean([m[k] for _, m in good])) for k in good[-1][1]}
+      mean["learning_rate"] = float(good[-1][1]["learning_rate"])
+      self._write(good[-1][0], mean)
+    if bad is not None:
+      step, m = host[bad]
+      raise TrainingDiverged(
+          f"the training loss became {float(m['train_loss'])} at step {step}; stopped. "
+          f"{self._kept()} Lower config.learning_rate or enable warm-up, then run again.")
     return mean
+
+  def _kept(self) -> str:
+    steps = self._checkpointer.all_steps()
+    if not steps:
+      return (f"No checkpoint was written before it ({self._checkpointer.directory} holds "
+              "none), so the next run starts afresh.")
+    return (f"The newest checkpoint, step {steps[-1]} in {self._checkpointer.directory}, was "
+            "written before it and is intact.")
 
 
 # --- The loop -----------------------------------------------------------------------------------
@@ -244,7 +259,7 @@ def train(config, plan: RunPlan, training: Training, state, start_step: int,
   from flax_resnet.data import pipeline  # imports TensorFlow: only when training
 
   parallel, num_train_steps = plan.parallel, plan.num_train_steps
-  metrics = MetricsBuffer(parallel.get_metrics, checkpointer.directory)
+  metrics = MetricsBuffer(parallel.get_metrics, reporter.write, checkpointer)
 
   def run_evaluation(step: int) -> dict[str, Any]:
     result = evaluate(training.p_eval, state, pipeline.create_eval_iterator(config), parallel)
@@ -257,7 +272,7 @@ def train(config, plan: RunPlan, training: Training, state, start_step: int,
     return {**result, "eval_step": step}
 
   def save(step: int) -> None:
-    metrics.flush()  # never checkpoint a diverged state
+    metrics.flush()  # written, and never checkpoint a diverged state
     checkpointer.save(step, training.to_checkpoint(parallel.get_state(state)), training.meta)
 
   if start_step >= num_train_steps:
@@ -279,10 +294,10 @@ def train(config, plan: RunPlan, training: Training, state, start_step: int,
         reporter.restart_clock(step)  # the first step's time is mostly compilation
       if step % config.log_every_steps == 0 or last:
         summary = metrics.flush()
-        reporter.progress(step, summary)
-        reporter.write(step, summary)
+        if summary is not None:
+          reporter.progress(step, summary)
       if step % plan.eval_every == 0 or last:
-        metrics.flush()
+        metrics.flush()  # the steps since the last log line, written at this step
         last_eval = run_evaluation(step)
         reporter.write(step, {k: v for k, v in last_eval.items() if k != "eval_step"})
         reporter.restart_clock(step)
