@@ -7,6 +7,9 @@ Starting again on the same workdir resumes from its newest checkpoint. The loop 
 
 import os
 import sys
+import threading
+import time
+import traceback
 
 # TensorFlow only feeds data here: no logging from it, and no oneDNN kernels (for matmuls and
 # convolutions, which the input pipeline does not run) with their start-up notice.
@@ -27,9 +30,30 @@ flags.DEFINE_bool("traceback", False, "show the full traceback of an error")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+# How long the process waits at its end for threads a library left running. After a failed
+# checkpoint save, orbax's waiting threads would hold the process for minutes (their signals
+# never come); a run that has said how it ended exits within this bound instead.
+EXIT_GRACE_S = 10.0
+
+
 def fail(message: str):
   print(f"error: {message}", file=sys.stderr)
   sys.exit(1)
+
+
+def exit_bounded(code: int):
+  """Exits with `code`, waiting at most EXIT_GRACE_S for the threads still running."""
+  sys.stdout.flush()
+  sys.stderr.flush()
+  deadline = time.monotonic() + EXIT_GRACE_S
+  for thread in threading.enumerate():
+    if thread is not threading.main_thread() and not thread.daemon:
+      # the plain join: orbax's threads override join() to raise on a timeout
+      threading.Thread.join(thread, max(0.0, deadline - time.monotonic()))
+  if any(t.is_alive() and not t.daemon for t in threading.enumerate()
+         if t is not threading.main_thread()):
+    os._exit(code)  # noqa: SLF001 - the interpreter's exit would join them without a bound
+  sys.exit(code)
 
 
 def _message(error: Exception) -> str:
@@ -90,9 +114,15 @@ def main(argv):
     result = train_and_evaluate(config, FLAGS.workdir)
   except USER_ERRORS as e:
     if FLAGS.traceback:
-      raise
-    fail(str(e))
+      traceback.print_exc()
+    else:
+      print(f"error: {e}", file=sys.stderr)
+    exit_bounded(1)
+  except Exception:  # a bug: its traceback, and the same bounded exit
+    traceback.print_exc()
+    exit_bounded(1)
   print(final_line(result))
+  exit_bounded(0)
 
 
 if __name__ == "__main__":

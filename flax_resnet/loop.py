@@ -52,16 +52,10 @@ def prepare_workdir(workdir: str) -> str:
   be written to (no such bucket, no permission, a file in the way)."""
   path = fs.user_path(workdir)
   fs.check_bucket(workdir, "--workdir", ConfigError)
-  try:
-    path.mkdir(parents=True, exist_ok=True)
-    # one probe per process: on a pod every host checks the same shared workdir at once
-    probe = path / f".write_test-{jax.process_index()}"
-    probe.write_text("")
-    probe.unlink()
-  except Exception as e:  # noqa: BLE001 - OSError locally, TensorFlow's OpError on gs://
-    problem = e.strerror if isinstance(e, OSError) and e.strerror else fs.storage_problem(e)
+  problem = fs.write_problem(path, f".write_test-{jax.process_index()}")
+  if problem:
     raise ConfigError(f"cannot write to workdir {path} ({problem}); choose a folder "
-                      "you can write to with --workdir") from None
+                      "you can write to with --workdir")
   return str(path)
 
 
@@ -347,8 +341,7 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
                                           checkpointer, reporter)
     finally:
       reporter.close()
-  finally:
-    checkpointer.wait()
+  finally:  # every exit path: saves finished or failed in one CheckpointError, threads freed
     checkpointer.close()
   if step >= plan.num_train_steps:
     finish(config, workdir)

@@ -2,12 +2,15 @@
 completed step's metrics are lost, a failed checkpoint save stops the run with one error
 and leaves no thread behind, a workdir belongs to one run at a time."""
 
-import json
+import re
+import subprocess
+import sys
+import time
 
 import pytest
 
 import flax_resnet
-from train_utils import records
+from train_utils import ROOT, records, train_env
 
 
 def tiny_config(data_dir, **overrides):
@@ -31,3 +34,76 @@ def test_every_step_counts_in_one_training_record(tmp_path, fashion_mnist_data_d
                          | {20})
   evals = [r["step"] for r in records(tmp_path) if "eval_accuracy" in r]
   assert evals == [7, 14, 20]
+
+
+TINY_FLAGS = ["--config.widths=(4,4,4)", "--config.batch_size=32", "--config.eval_batch_size=256",
+              "--config.eval_examples=256", "--config.num_train_steps=20",
+              "--config.log_every_steps=5", "--config.eval_every_steps=7",
+              "--config.checkpoint_every_steps=6", "--config.warmup_epochs=0",
+              "--config.plot=False", "--config.shuffle_buffer_size=1024"]
+
+
+def run_patched(workdir, data_dir, patch, *flags, timeout=300):
+  """train.py in a subprocess with `patch` (Python code) run first, as a user runs it."""
+  argv = ["train.py", "--config=configs/fashion_mnist.py", f"--workdir={workdir}",
+          f"--config.data_dir={data_dir}", *TINY_FLAGS, *flags]
+  code = f"import runpy, sys\n{patch}\nsys.argv = {argv!r}\nrunpy.run_path('train.py', run_name='__main__')"
+  started = time.monotonic()
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=train_env(devices=2),
+                          capture_output=True, text=True, timeout=timeout)
+  return result, time.monotonic() - started
+
+
+# At the save of step 12, the checkpoints folder stops taking writes: made immutable where
+# chattr works (root on ext4, as `chattr +i` in the issue), else replaced by a file.
+BREAK_SAVES_AT_12 = """
+import os, shutil, subprocess
+from flax_resnet import checkpointing
+original = checkpointing.Checkpointer.save
+def save(self, step, state, meta):
+  if step == 12:
+    self.wait()
+    if subprocess.run(['chattr', '+i', self.directory], capture_output=True).returncode:
+      shutil.move(self.directory, self.directory + '.moved')
+      open(self.directory, 'w').close()
+  return original(self, step, state, meta)
+checkpointing.Checkpointer.save = save
+"""
+
+
+def test_a_failed_checkpoint_save_is_one_error_and_the_process_exits(tmp_path,
+                                                                     fashion_mnist_data_dir):
+  workdir = tmp_path / "run"
+  try:
+    result, seconds = run_patched(workdir, fashion_mnist_data_dir, BREAK_SAVES_AT_12)
+  finally:
+    subprocess.run(["chattr", "-i", str(workdir / "checkpoints")], capture_output=True)
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert seconds < 150  # orbax's waiting threads alone held it for 300 s
+  error = result.stderr.strip().splitlines()[-1]
+  assert re.match(r"error: saving the checkpoint of step 12 to .*checkpoints failed \(\w+Error: "
+                  r".*\); the newest complete checkpoint is step 6\.", error), result.stderr
+  assert "Traceback" not in result.stderr and "ERROR:absl" not in result.stderr
+  # it surfaces at the next save (step 18), which first writes the metrics of every step
+  assert max(r["step"] for r in records(workdir) if "train_loss" in r) == 18
+
+
+@pytest.mark.parametrize("blocker", ["file", "immutable"])
+def test_an_unwritable_checkpoints_folder_is_refused_before_training(
+    tmp_path, fashion_mnist_data_dir, blocker):
+  from flax_resnet.errors import CheckpointError
+  workdir = tmp_path / "run"
+  folder = workdir / "checkpoints"
+  workdir.mkdir()
+  if blocker == "file":
+    folder.write_text("not a folder")
+  else:
+    folder.mkdir()
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
+      pytest.skip("chattr +i does not work here (needs root on ext4 or the like)")
+  try:
+    with pytest.raises(CheckpointError, match="cannot write checkpoints to .*checkpoints"):
+      flax_resnet.train_and_evaluate(tiny_config(fashion_mnist_data_dir), str(workdir))
+  finally:
+    subprocess.run(["chattr", "-i", str(folder)], capture_output=True)
+  assert not (workdir / "metrics.jsonl").exists()  # refused before training
