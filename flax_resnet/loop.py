@@ -12,6 +12,7 @@ TensorBoard summaries and a plot. Each part is a function or class of its own be
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import signal
@@ -21,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flax_resnet import cpu, fs, optim, scan_layout
+from flax_resnet import cpu, fs, optim, scan_layout, workdir_lock
 from flax_resnet.checkpointing import Checkpointer
 from flax_resnet.config import model_fields
 from flax_resnet.errors import CheckpointError, ConfigError, TrainingDiverged
@@ -321,29 +322,30 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
   `steps`, the step the run ended at; `stopped_by` is 'SIGTERM' when a SIGTERM ended it before
   `num_train_steps`.
   """
+  if not str(workdir).strip():  # e.g. --workdir=$UNSET: never the current folder in silence
+    raise ConfigError("--workdir is empty; name the folder the run writes to")
   plan = plan_run(config, devices)  # raises ConfigError/DataError before anything is written
   workdir = prepare_workdir(workdir)
-  training = build(config, plan)
-  checkpointer = Checkpointer(str(fs.user_path(workdir) / "checkpoints"), config.keep_checkpoints)
-  try:
+  with contextlib.ExitStack() as stack:  # whatever happens, closed in the reverse order
+    stack.enter_context(workdir_lock.hold(workdir))  # one run per workdir
+    training = build(config, plan)
+    checkpointer = Checkpointer(str(fs.user_path(workdir) / "checkpoints"),
+                                config.keep_checkpoints)
+    stack.callback(checkpointer.close)  # saves finished, or failed in one CheckpointError
     state, start_step = restore_or_initialize(
         checkpointer, training.make_state, config.seed, training.to_checkpoint,
         training.from_checkpoint, plan.parallel,
         check_meta=lambda saved: check_same_run(saved, training.meta, workdir),
         ema=training.settings.ema_decay > 0)
     reporter = Reporter(workdir, plan.num_train_steps, config.batch_size, start_step)
-    try:
-      reporter.say(f"{config.model} on {config.dataset}: {plan.num_train_steps} steps of "
-                   f"{config.batch_size} images over {plan.parallel.num_devices} devices "
-                   f"({plan.parallel.mode}); " + (f"resuming at step {start_step}" if start_step
-                                                  else "starting afresh"))
-      last_eval, step, stopped_by = train(config, plan, training, state, start_step,
-                                          checkpointer, reporter)
-    finally:
-      reporter.close()
-  finally:  # every exit path: saves finished or failed in one CheckpointError, threads freed
-    checkpointer.close()
-  if step >= plan.num_train_steps:
-    finish(config, workdir)
+    stack.callback(reporter.close)
+    reporter.say(f"{config.model} on {config.dataset}: {plan.num_train_steps} steps of "
+                 f"{config.batch_size} images over {plan.parallel.num_devices} devices "
+                 f"({plan.parallel.mode}); " + (f"resuming at step {start_step}" if start_step
+                                                else "starting afresh"))
+    last_eval, step, stopped_by = train(config, plan, training, state, start_step,
+                                        checkpointer, reporter)
+    if step >= plan.num_train_steps:
+      finish(config, workdir)
   return {**last_eval, "steps": step, "num_train_steps": plan.num_train_steps,
           "stopped_by": stopped_by}

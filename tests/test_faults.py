@@ -107,3 +107,20 @@ def test_an_unwritable_checkpoints_folder_is_refused_before_training(
   finally:
     subprocess.run(["chattr", "-i", str(folder)], capture_output=True)
   assert not (workdir / "metrics.jsonl").exists()  # refused before training
+
+
+def test_a_second_run_on_a_workdir_in_use_is_refused(tmp_path, fashion_mnist_data_dir):
+  from flax_resnet import workdir_lock
+  from flax_resnet.errors import CheckpointError
+  with workdir_lock.hold(str(tmp_path)):  # a run that is training there
+    with pytest.raises(CheckpointError, match="is in use by another run"):
+      flax_resnet.train_and_evaluate(tiny_config(fashion_mnist_data_dir), str(tmp_path))
+  assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]  # nothing else written
+
+
+def test_an_empty_workdir_is_refused(tmp_path, monkeypatch, fashion_mnist_data_dir):
+  from flax_resnet.errors import ConfigError
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(ConfigError, match="--workdir is empty"):
+    flax_resnet.train_and_evaluate(tiny_config(fashion_mnist_data_dir), "")
+  assert list(tmp_path.iterdir()) == []
