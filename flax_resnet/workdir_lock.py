@@ -11,12 +11,13 @@ other network filesystems it may lock only within one machine.
 
 Object stores (gs://) have no locks. There the run keeps a lease: WORKDIR/.lease holds its
 host, pid and a time it renews every HEARTBEAT_S from a background thread. Another run
-refuses a lease renewed within STALE_S and takes over an older one (a crashed run's). The
+refuses a lease renewed within STALE_S and takes over an older one (a crashed run's), or
+one whose process, on this same machine, has ended (a run killed and started again). The
 limits: two runs that start within a few seconds of each other can both take a stale or
 missing lease (gs:// gives this code no compare-and-swap; the run reads its lease back
 after writing it, which narrows that window to the seconds between the two), and a run
 whose host stops for longer than STALE_S (a suspended VM) can lose its lease to another.
-A run killed on gs:// keeps the workdir for up to STALE_S.
+A run killed on gs:// keeps the workdir from runs on other machines for up to STALE_S.
 
 On a pod, process 0 takes the lock for the run and tells the other processes whether it
 got it, so that all of them stop together when it did not.
@@ -43,6 +44,19 @@ STALE_S = 600.0
 
 def _holder() -> dict:
   return {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+
+
+def _dead(holder: dict) -> bool:
+  """Whether the holder was a process of this machine that has ended."""
+  if holder.get("host") != socket.gethostname():
+    return False
+  try:
+    os.kill(int(holder.get("pid", 0)), 0)
+  except ProcessLookupError:
+    return True
+  except (OSError, ValueError):  # alive under another user, or no pid
+    return False
+  return False
 
 
 def _in_use(workdir: str, holder: dict | None, how: str) -> CheckpointError:
@@ -87,7 +101,7 @@ class Lease:
     self._now = now
     self._me = _holder()
     held = self._read()
-    if held and held != self._me and now() - held.get("time", 0) < STALE_S:
+    if held and not _dead(held) and now() - held.get("time", 0) < STALE_S:
       age = now() - held["time"]
       raise _in_use(str(self.path.parent), held, f", renewed {age:.0f} s ago; a lease "
                     f"older than {STALE_S:.0f} s is taken over")

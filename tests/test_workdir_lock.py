@@ -56,3 +56,13 @@ def test_a_lease_is_refused_while_fresh_and_taken_over_when_stale(tmp_path, monk
   assert json.loads(path.read_text())["time"] > first["time"]  # renewed
   lease.close()
   assert not path.exists()
+
+
+def test_a_lease_of_an_ended_process_on_this_machine_is_taken_over_at_once(tmp_path):
+  import socket
+  ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                         capture_output=True, text=True).stdout.strip()
+  path = tmp_path / ".lease"
+  path.write_text(json.dumps({"host": socket.gethostname(), "pid": int(ended),
+                              "time": time.time()}))
+  workdir_lock.Lease(path).close()  # a SIGKILLed run started again on the same machine
