@@ -75,9 +75,28 @@ def parse_flags(argv):
   try:
     return FLAGS(argv)
   except flags.Error as e:
-    fail(f"{e}; see --helpshort")
+    fail(_config_file_error(e, argv) or f"{e}; see --helpshort")
   except (AttributeError, KeyError) as e:  # ml_collections: an unknown field in an override
     fail(f"--config: {_message(e)}")
+
+
+def _config_file_error(error: Exception, argv) -> str | None:
+  """What the config file's get_config raised (a misspelled variant), in one line: the flag's
+  error carries it with its traceback, as the end of its chain of exceptions."""
+  inner = error
+  while inner.__context__ is not None:
+    inner = inner.__context__
+  value = next((a.split("=", 1)[1] for a in reversed(argv[1:]) if a.startswith("--config=")),
+               None)  # the last one, which absl takes
+  if inner is error or value is None:
+    return None
+  path, _, variant = value.partition(":")
+  frames = traceback.extract_tb(inner.__traceback__)
+  if not any("get_config(" in (f.line or "") for f in frames):
+    return None  # not raised by (or at the call of) the config file's get_config
+  if isinstance(inner, TypeError) and "get_config(" in (frames[-1].line or "") and variant:
+    return f"--config={value}: {path} takes no variant ':{variant}'"  # no such parameter
+  return f"--config={value}: {_message(inner)}"
 
 
 def final_line(result: dict) -> str:
