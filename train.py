@@ -34,6 +34,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 # checkpoint save, orbax's waiting threads would hold the process for minutes (their signals
 # never come); a run that has said how it ended exits within this bound instead.
 EXIT_GRACE_S = 10.0
+INTERRUPTED = 130  # the exit status of a program stopped by Ctrl-C
 
 
 def fail(message: str):
@@ -137,11 +138,17 @@ def main(argv):
     else:
       print(f"error: {e}", file=sys.stderr)
     exit_bounded(1)
+  except KeyboardInterrupt:  # Ctrl-C outside the training steps, or a second one
+    print("error: interrupted (Ctrl-C); the checkpoints are as the last completed save left "
+          "them: run the same command to resume", file=sys.stderr)
+    exit_bounded(INTERRUPTED)
   except Exception:  # a bug: its traceback, and the same bounded exit
     traceback.print_exc()
     exit_bounded(1)
   print(final_line(result))
-  exit_bounded(0)
+  # Ctrl-C during training saves and stops like SIGTERM, but exits as an interrupted
+  # program does (128 + SIGINT), so that a calling script stops too.
+  exit_bounded(INTERRUPTED if result.get("stopped_by") == "SIGINT" else 0)
 
 
 if __name__ == "__main__":

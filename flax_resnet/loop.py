@@ -30,6 +30,7 @@ from flax_resnet.named_models import MODEL_SPECS, create_model
 from flax_resnet.parallel import AXIS, DataParallel
 from flax_resnet.plan import RunPlan, plan_run
 from flax_resnet.reporting import Reporter
+from flax_resnet.resume import check_same_run, run_identity
 from flax_resnet.step import StepSettings, create_train_state, eval_step, train_step, with_ema
 
 
@@ -61,49 +62,35 @@ def prepare_workdir(workdir: str) -> str:
 
 
 class Preemption:
-  """Turns SIGTERM (a preempted VM, a cluster scheduler) into a request to save and stop."""
+  """Turns SIGTERM (a preempted VM, a cluster scheduler) and the first SIGINT (Ctrl-C, a
+  notebook's interrupt) into a request to save and stop; `requested` names the signal. A
+  second Ctrl-C interrupts at once, as Python does."""
+
+  SIGNALS = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT"}
 
   def __init__(self):
-    self.requested = False
-    self._previous = None
+    self.requested: str | None = None
+    self._previous: dict = {}
 
   def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread (e.g. some notebook kernels): no handler
-      self._previous = None
+    for signum in self.SIGNALS:
+      try:
+        self._previous[signum] = signal.signal(signum, self._handle)
+      except ValueError:  # not the main thread (e.g. some notebook kernels): no handler
+        pass
     return self
 
   def _handle(self, signum, frame):
-    self.requested = True
+    self.requested = self.requested or self.SIGNALS[signum]
+    if signum == signal.SIGINT:
+      signal.signal(signum, self._previous[signum])
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
 
 
 # --- Checkpoints: what they hold, and restoring or initializing the state ---------------------
-
-def run_identity(config, model, num_classes: int, image_shape) -> dict[str, Any]:
-  """What a checkpoint records about its run (its `meta` item)."""
-  return {"model": config.model, "widths": list(model.widths), "dataset": config.dataset,
-          "num_classes": num_classes, "image_shape": list(image_shape),
-          "config": config.to_dict()}
-
-
-def check_same_run(saved: dict[str, Any], meta: dict[str, Any], workdir: str) -> None:
-  """Refuses a checkpoint of another model, width, dataset or class count."""
-  saved_widths = saved.get("widths")
-  if saved_widths is None and saved.get("model") in MODEL_SPECS:  # absent: the model's own
-    saved_widths = list(MODEL_SPECS[saved["model"]]["widths"])
-  keys = ("model", "dataset", "num_classes")
-  if [saved.get(k) for k in keys] + [saved_widths] != [meta[k] for k in keys] + [meta["widths"]]:
-    raise CheckpointError(
-        f"{workdir} holds checkpoints of {saved.get('model')} (widths {saved_widths}) on "
-        f"{saved.get('dataset')} ({saved.get('num_classes')} classes), but this config "
-        f"trains {meta['model']} (widths {meta['widths']}) on {meta['dataset']} "
-        f"({meta['num_classes']} classes); use another --workdir")
-
 
 def checkpoint_layout(model) -> tuple[Callable, Callable]:
   """(to_checkpoint, from_checkpoint): checkpoints hold the unrolled variable layout whatever
@@ -249,8 +236,10 @@ def build(config, plan: RunPlan) -> Training:
 def train(config, plan: RunPlan, training: Training, state, start_step: int,
           checkpointer: Checkpointer, reporter: Reporter) -> tuple[dict[str, Any], int, str | None]:
   """Trains from `start_step` to plan.num_train_steps, logging, evaluating and checkpointing
-  as configured, until the end or a SIGTERM (which saves and stops). A finished run is
-  evaluated once. Returns (the last evaluation, the step reached, 'SIGTERM' or None)."""
+  as configured, until the end or a SIGTERM or Ctrl-C (which save and stop). A checkpoint is
+  saved before the evaluation of the same step, and an evaluation that fails saves its step
+  first. A finished run is evaluated once. Returns (the last evaluation, the step reached,
+  'SIGTERM', 'SIGINT' or None)."""
   from flax_resnet.data import pipeline  # imports TensorFlow: only when training
 
   parallel, num_train_steps = plan.parallel, plan.num_train_steps
@@ -291,18 +280,23 @@ def train(config, plan: RunPlan, training: Training, state, start_step: int,
         summary = metrics.flush()
         if summary is not None:
           reporter.progress(step, summary)
+      if step % plan.checkpoint_every == 0 or last:
+        save(step)  # before the evaluation, which then cannot lose the training before it
       if step % plan.eval_every == 0 or last:
         metrics.flush()  # the steps since the last log line, written at this step
-        last_eval = run_evaluation(step)
+        try:
+          last_eval = run_evaluation(step)
+        except BaseException:  # a bad eval image, Ctrl-C twice: keep this step's training
+          if step not in checkpointer.all_steps():
+            save(step)
+          raise
         reporter.write(step, {k: v for k, v in last_eval.items() if k != "eval_step"})
         reporter.restart_clock(step)
-      if step % plan.checkpoint_every == 0 or last:
-        save(step)
       if preemption.requested and not last:
-        reporter.say(f"SIGTERM: saving a checkpoint at step {step} and stopping")
+        reporter.say(f"{preemption.requested}: saving a checkpoint at step {step} and stopping")
         if step not in checkpointer.all_steps():
           save(step)
-        return last_eval, step, "SIGTERM"
+        return last_eval, step, preemption.requested
   return last_eval, step, None
 
 
@@ -319,8 +313,8 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
   Returns the last evaluation's metrics (eval_accuracy, eval_top5_accuracy, eval_loss,
   eval_examples; with config.ema_decay > 0 also the EMA weights' ema_eval_accuracy,
   ema_eval_top5_accuracy, ema_eval_loss) with `eval_step`, the step it was measured at, and
-  `steps`, the step the run ended at; `stopped_by` is 'SIGTERM' when a SIGTERM ended it before
-  `num_train_steps`.
+  `steps`, the step the run ended at; `stopped_by` is 'SIGTERM' or 'SIGINT' when that signal
+  (Ctrl-C, a notebook's interrupt) ended it before `num_train_steps`, after saving.
   """
   if not str(workdir).strip():  # e.g. --workdir=$UNSET: never the current folder in silence
     raise ConfigError("--workdir is empty; name the folder the run writes to")
@@ -332,10 +326,14 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
     checkpointer = Checkpointer(str(fs.user_path(workdir) / "checkpoints"),
                                 config.keep_checkpoints)
     stack.callback(checkpointer.close)  # saves finished, or failed in one CheckpointError
+    changes: list[str] = []  # config fields changed since the checkpoint resumed from
+
+    def check_meta(saved):  # called for each checkpoint tried, newest first
+      changes[:] = check_same_run(saved, training.meta, workdir)
+
     state, start_step = restore_or_initialize(
         checkpointer, training.make_state, config.seed, training.to_checkpoint,
-        training.from_checkpoint, plan.parallel,
-        check_meta=lambda saved: check_same_run(saved, training.meta, workdir),
+        training.from_checkpoint, plan.parallel, check_meta=check_meta,
         ema=training.settings.ema_decay > 0)
     reporter = Reporter(workdir, plan.num_train_steps, config.batch_size, start_step)
     stack.callback(reporter.close)
@@ -343,6 +341,10 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
                  f"{config.batch_size} images over {plan.parallel.num_devices} devices "
                  f"({plan.parallel.mode}); " + (f"resuming at step {start_step}" if start_step
                                                 else "starting afresh"))
+    notes = list(plan.notes) + ([f"resuming with config changes: {', '.join(changes)}"]
+                                if start_step and changes else [])
+    for note in notes:
+      reporter.say(f"note: {note}")
     last_eval, step, stopped_by = train(config, plan, training, state, start_step,
                                         checkpointer, reporter)
     if step >= plan.num_train_steps:

@@ -2,7 +2,9 @@
 completed step's metrics are lost, a failed checkpoint save stops the run with one error
 and leaves no thread behind, a workdir belongs to one run at a time."""
 
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -25,6 +27,7 @@ def tiny_config(data_dir, **overrides):
   return config
 
 
+@pytest.mark.slow  # trains
 def test_every_step_counts_in_one_training_record(tmp_path, fashion_mnist_data_dir):
   """A flush before an evaluation or a checkpoint writes the steps since the last log line;
   with log 5, eval 7, checkpoint 6 the training records fall at each of those steps."""
@@ -71,6 +74,7 @@ checkpointing.Checkpointer.save = save
 """
 
 
+@pytest.mark.slow  # trains
 def test_a_failed_checkpoint_save_is_one_error_and_the_process_exits(tmp_path,
                                                                      fashion_mnist_data_dir):
   workdir = tmp_path / "run"
@@ -124,3 +128,90 @@ def test_an_empty_workdir_is_refused(tmp_path, monkeypatch, fashion_mnist_data_d
   with pytest.raises(ConfigError, match="--workdir is empty"):
     flax_resnet.train_and_evaluate(tiny_config(fashion_mnist_data_dir), "")
   assert list(tmp_path.iterdir()) == []
+
+
+def _one_class_folder(root, classes=("only",)):
+  from PIL import Image
+  for split in ("train", "val"):
+    for name in classes:
+      (root / split / name).mkdir(parents=True)
+      for i in range(8):
+        Image.new("RGB", (8, 8), (10 * i, 0, 0)).save(root / split / name / f"{i}.png")
+  return str(root)
+
+
+def test_num_classes_below_the_datasets_and_single_class_data_are_refused(
+    tmp_path, fashion_mnist_data_dir):
+  from flax_resnet.errors import ConfigError, DataError
+  from flax_resnet.plan import plan_run
+  with pytest.raises(ConfigError, match="num_classes=5 is below the 10 classes of "
+                                        "fashion_mnist: labels 5 to 9 would have no output"):
+    plan_run(tiny_config(fashion_mnist_data_dir, num_classes=5))
+  assert plan_run(tiny_config(fashion_mnist_data_dir, num_classes=12)).num_classes == 12
+  folder = dict(dataset="image_folder", image_size=8, batch_size=8, eval_batch_size=8,
+                eval_examples=0)
+  one = _one_class_folder(tmp_path / "one")
+  with pytest.raises(DataError, match="has 1 class; a classifier needs at least 2"):
+    plan_run(tiny_config(one, **folder))
+  three = _one_class_folder(tmp_path / "three", ("a", "b", "c"))
+  with pytest.raises(ConfigError, match="num_classes=2 is below the 3 classes"):
+    plan_run(tiny_config(three, num_classes=2, **folder))
+
+
+@pytest.mark.slow  # trains
+def test_a_failed_evaluation_keeps_the_training_before_it(tmp_path, fashion_mnist_data_dir,
+                                                          monkeypatch):
+  """The evaluation at step 7 fails (a bad image); step 7 is saved before the error."""
+  from flax_resnet.data import pipeline
+  from flax_resnet.errors import DataError
+
+  def bad_image(config):
+    raise DataError("cannot decode val/x/broken.jpg")
+
+  monkeypatch.setattr(pipeline, "create_eval_iterator", bad_image)
+  with pytest.raises(DataError, match="broken.jpg"):
+    flax_resnet.train_and_evaluate(tiny_config(fashion_mnist_data_dir), str(tmp_path))
+  assert sorted(int(e) for e in os.listdir(tmp_path / "checkpoints") if e.isdigit()) == [6, 7]
+
+
+@pytest.mark.slow  # trains
+def test_resuming_with_another_batch_size_is_refused_and_other_changes_are_named(
+    tmp_path, fashion_mnist_data_dir, capsys):
+  from flax_resnet.errors import CheckpointError
+  first = tiny_config(fashion_mnist_data_dir, num_train_steps=6, eval_every_steps=100)
+  flax_resnet.train_and_evaluate(first, str(tmp_path))
+  before = (tmp_path / "metrics.jsonl").read_text()
+  with pytest.raises(CheckpointError, match="holds a run of batch_size 32 .* this config has "
+                                            "batch_size 64"):
+    flax_resnet.train_and_evaluate(tiny_config(fashion_mnist_data_dir, batch_size=64,
+                                               num_train_steps=8), str(tmp_path))
+  assert (tmp_path / "metrics.jsonl").read_text() == before  # refused before any write
+  capsys.readouterr()
+  flax_resnet.train_and_evaluate(tiny_config(fashion_mnist_data_dir, num_train_steps=8,
+                                             eval_every_steps=100, learning_rate=0.05),
+                                 str(tmp_path))
+  out = capsys.readouterr().out
+  assert ("note: resuming with config changes: learning_rate 0.1 -> 0.05, "
+          "num_train_steps 6 -> 8") in out
+
+
+@pytest.mark.slow  # starts train.py
+def test_ctrl_c_saves_like_sigterm_and_exits_130(tmp_path, fashion_mnist_data_dir):
+  workdir = tmp_path / "run"
+  argv = [sys.executable, "train.py", "--config=configs/fashion_mnist.py",
+          f"--workdir={workdir}", f"--config.data_dir={fashion_mnist_data_dir}", *TINY_FLAGS,
+          "--config.num_train_steps=2000", "--config.log_every_steps=1"]
+  proc = subprocess.Popen(argv, cwd=ROOT, env=train_env(devices=2), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  for line in proc.stdout:
+    if line.startswith("step 9/"):
+      proc.send_signal(signal.SIGINT)
+      break
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 130, err[-3000:]
+  assert "Traceback" not in err and "KeyboardInterrupt" not in err
+  saved = max(int(e) for e in os.listdir(workdir / "checkpoints") if e.isdigit())
+  assert 9 <= saved < 2000
+  assert f"SIGINT: saving a checkpoint at step {saved} and stopping" in out
+  assert out.strip().splitlines()[-1].startswith(f"stopped: SIGINT at step {saved} of 2000 "
+                                                 "(checkpoint saved")
