@@ -130,7 +130,16 @@ def _line(record: dict[str, Any]) -> str:
 
 
 def _parse(text: str) -> list[dict[str, Any]]:
-  return [json.loads(line) for line in text.splitlines() if line.strip()]
+  """The records of metrics.jsonl; a last line cut short (a crash or a full disk during its
+  append) is left out: that record is lost, not the resume."""
+  lines = [line for line in text.splitlines() if line.strip()]
+  records = [json.loads(line) for line in lines[:-1]]
+  if lines:
+    try:
+      records.append(json.loads(lines[-1]))
+    except ValueError:
+      pass
+  return records
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:

@@ -33,3 +33,10 @@ def test_a_resume_rewrites_an_older_file_with_nan_as_strict_json(tmp_path):
   Reporter(str(tmp_path), 10, 32, start_step=2, tensorboard=False)
   assert _strict((tmp_path / "metrics.jsonl").read_text()) == [
       {"step": 1, "train_loss": None}, {"step": 2, "train_loss": 1.0}]
+
+
+def test_a_last_line_cut_short_by_a_crash_is_dropped_on_resume(tmp_path):
+  (tmp_path / "metrics.jsonl").write_text('{"step": 1, "train_loss": 1.0}\n{"step": 2, "train_lo')
+  Reporter(str(tmp_path), 10, 32, start_step=2, tensorboard=False)
+  assert _strict((tmp_path / "metrics.jsonl").read_text()) == [{"step": 1, "train_loss": 1.0}]
+  assert read_metrics(str(tmp_path)) == [{"step": 1, "train_loss": 1.0}]
