@@ -217,8 +217,9 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   (.pth/.pt/.bin/.ckpt: needs torch; a {'state_dict': ...} or {'model': ...} wrapper is opened),
   told apart by their first bytes; any other file is a ValueError that says so."""
   path = os.fspath(path)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"no weights file at {path!r}")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"no weights file at {path!r}" +
+                            (" (a directory)" if os.path.isdir(path) else ""))
   kind = _weights_format(path)
   if kind is None:
     raise ValueError(f"{path!r} is not a weights file: neither .safetensors nor a torch.save "

@@ -176,6 +176,8 @@ def test_a_file_that_holds_no_weights_is_named_as_such(tmp_path, name, content):
   from flax_resnet import from_timm
   with pytest.raises(ValueError, match="is not a weights file"):
     from_timm(path, "resnet18d")
+  with pytest.raises(FileNotFoundError, match=r"no weights file at .* \(a directory\)"):
+    from_torchvision(tmp_path, "resnet18")
 
 
 def test_pth_file_of_torch_tensors(tmp_path):
