@@ -232,6 +232,10 @@ def check_config(config) -> None:
   for field, choices in CHOICES.items():
     if config[field] not in choices:
       raise ConfigError(f"config.{field}={config[field]!r} is not one of {choices}")
+  for field in ("data_dir", "fashion_mnist_source_dir"):  # e.g. --config.data_dir=$UNSET
+    if isinstance(config[field], str) and not config[field].strip():
+      raise ConfigError(f"config.{field} is empty (an unset shell variable?); name a folder"
+                        + (", or None for TFDS's default" if field == "data_dir" else ""))
   for field in sorted(FIELDS):
     if _non_finite(config[field]):
       raise ConfigError(f"config.{field} must be a finite number, not {config[field]!r}")

@@ -81,6 +81,8 @@ def test_no_config_file_repeats_a_models_own_shortcut():
     ("warmup_epochs", float("inf"), "warmup_epochs must be a finite number"),
     ("lr_decay_epochs", (30, float("inf")), "lr_decay_epochs must be a finite number"),
     ("image_size", 100_000, r"image_size must be a number of pixels in \[0, 4096\]"),
+    ("data_dir", "", "config.data_dir is empty"),
+    ("fashion_mnist_source_dir", " ", "config.fashion_mnist_source_dir is empty"),
 ])
 def test_absurd_values_are_refused(field, value, message):
   config = default_config()
