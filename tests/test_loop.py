@@ -1,5 +1,5 @@
 """The training loop's named parts, each on its own: the metrics buffer and its divergence
-check, the run-identity check, the checkpoint layout, restore-or-initialize and evaluate."""
+check, the checkpoint layout, restore-or-initialize and evaluate."""
 
 import functools
 
@@ -12,7 +12,7 @@ import pytest
 from flax_resnet import create_model
 from flax_resnet.checkpointing import Checkpointer
 from flax_resnet.errors import CheckpointError, TrainingDiverged
-from flax_resnet.loop import (MetricsBuffer, check_same_run, checkpoint_layout, evaluate,
+from flax_resnet.loop import (MetricsBuffer, checkpoint_layout, evaluate,
                               restore_or_initialize)
 from flax_resnet.parallel import AXIS, DataParallel
 from flax_resnet.step import StepSettings, create_train_state, eval_step
@@ -60,19 +60,6 @@ def test_metrics_buffer_names_the_first_diverged_step_and_writes_the_steps_befor
     buffer.flush()
   assert kept in str(error.value)
   assert written == [(7, pytest.approx({"train_loss": 1.0, "learning_rate": 0.1}))]
-
-
-META = {"model": "cifar_resnet20", "widths": [16, 32, 64], "dataset": "fashion_mnist",
-        "num_classes": 10}
-
-
-def test_check_same_run():
-  check_same_run(dict(META), META, "w")
-  check_same_run({k: v for k, v in META.items() if k != "widths"}, META, "w")  # model's own
-  for change in ({"model": "cifar_resnet32"}, {"widths": [8, 16, 32]}, {"dataset": "cifar10"},
-                 {"num_classes": 100}):
-    with pytest.raises(CheckpointError, match="use another --workdir"):
-      check_same_run({**META, **change}, META, "w")
 
 
 def test_checkpoint_layout_unrolls_scanned_models_only():

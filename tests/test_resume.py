@@ -1,11 +1,25 @@
-"""What a resumed run may change (flax_resnet/resume.py): the batch size and the image shape
-are refused, other training fields listed, bookkeeping free."""
+"""What a resumed run may change (flax_resnet/resume.py): another model, width, dataset or
+class count, batch size or image shape is refused, other training fields listed, bookkeeping
+free."""
 
 import pytest
 
 from flax_resnet.config import default_config
 from flax_resnet.errors import CheckpointError
 from flax_resnet.resume import check_same_run
+
+
+META = {"model": "cifar_resnet20", "widths": [16, 32, 64], "dataset": "fashion_mnist",
+        "num_classes": 10}
+
+
+def test_check_same_run():
+  check_same_run(dict(META), META, "w")
+  check_same_run({k: v for k, v in META.items() if k != "widths"}, META, "w")  # model's own
+  for change in ({"model": "cifar_resnet32"}, {"widths": [8, 16, 32]}, {"dataset": "cifar10"},
+                 {"num_classes": 100}):
+    with pytest.raises(CheckpointError, match="use another --workdir"):
+      check_same_run({**META, **change}, META, "w")
 
 
 def _meta(**changes):
