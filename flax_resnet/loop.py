@@ -25,8 +25,8 @@ import numpy as np
 from flax_resnet import cpu, fs, optim, scan_layout, workdir_lock
 from flax_resnet.checkpointing import Checkpointer
 from flax_resnet.config import model_fields
-from flax_resnet.errors import CheckpointError, ConfigError, TrainingDiverged
-from flax_resnet.named_models import MODEL_SPECS, create_model
+from flax_resnet.errors import ConfigError, TrainingDiverged
+from flax_resnet.named_models import create_model
 from flax_resnet.parallel import AXIS, DataParallel
 from flax_resnet.plan import RunPlan, plan_run
 from flax_resnet.reporting import Reporter
