@@ -7,6 +7,9 @@ Starting again on the same workdir resumes from its newest checkpoint. The loop 
 
 import os
 import sys
+import threading
+import time
+import traceback
 
 # TensorFlow only feeds data here: no logging from it, and no oneDNN kernels (for matmuls and
 # convolutions, which the input pipeline does not run) with their start-up notice.
@@ -27,9 +30,31 @@ flags.DEFINE_bool("traceback", False, "show the full traceback of an error")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+# How long the process waits at its end for threads a library left running. After a failed
+# checkpoint save, orbax's waiting threads would hold the process for minutes (their signals
+# never come); a run that has said how it ended exits within this bound instead.
+EXIT_GRACE_S = 10.0
+INTERRUPTED = 130  # the exit status of a program stopped by Ctrl-C
+
+
 def fail(message: str):
   print(f"error: {message}", file=sys.stderr)
   sys.exit(1)
+
+
+def exit_bounded(code: int):
+  """Exits with `code`, waiting at most EXIT_GRACE_S for the threads still running."""
+  sys.stdout.flush()
+  sys.stderr.flush()
+  deadline = time.monotonic() + EXIT_GRACE_S
+  for thread in threading.enumerate():
+    if thread is not threading.main_thread() and not thread.daemon:
+      # the plain join: orbax's threads override join() to raise on a timeout
+      threading.Thread.join(thread, max(0.0, deadline - time.monotonic()))
+  if any(t.is_alive() and not t.daemon for t in threading.enumerate()
+         if t is not threading.main_thread()):
+    os._exit(code)  # noqa: SLF001 - the interpreter's exit would join them without a bound
+  sys.exit(code)
 
 
 def _message(error: Exception) -> str:
@@ -51,9 +76,28 @@ def parse_flags(argv):
   try:
     return FLAGS(argv)
   except flags.Error as e:
-    fail(f"{e}; see --helpshort")
+    fail(_config_file_error(e, argv) or f"{e}; see --helpshort")
   except (AttributeError, KeyError) as e:  # ml_collections: an unknown field in an override
     fail(f"--config: {_message(e)}")
+
+
+def _config_file_error(error: Exception, argv) -> str | None:
+  """What the config file's get_config raised (a misspelled variant), in one line: the flag's
+  error carries it with its traceback, as the end of its chain of exceptions."""
+  inner = error
+  while inner.__context__ is not None:
+    inner = inner.__context__
+  value = next((a.split("=", 1)[1] for a in reversed(argv[1:]) if a.startswith("--config=")),
+               None)  # the last one, which absl takes
+  if inner is error or value is None:
+    return None
+  path, _, variant = value.partition(":")
+  frames = traceback.extract_tb(inner.__traceback__)
+  if not any("get_config(" in (f.line or "") for f in frames):
+    return None  # not raised by (or at the call of) the config file's get_config
+  if isinstance(inner, TypeError) and "get_config(" in (frames[-1].line or "") and variant:
+    return f"--config={value}: {path} takes no variant ':{variant}'"  # no such parameter
+  return f"--config={value}: {_message(inner)}"
 
 
 def final_line(result: dict) -> str:
@@ -90,9 +134,21 @@ def main(argv):
     result = train_and_evaluate(config, FLAGS.workdir)
   except USER_ERRORS as e:
     if FLAGS.traceback:
-      raise
-    fail(str(e))
+      traceback.print_exc()
+    else:
+      print(f"error: {e}", file=sys.stderr)
+    exit_bounded(1)
+  except KeyboardInterrupt:  # Ctrl-C outside the training steps, or a second one
+    print("error: interrupted (Ctrl-C); the checkpoints are as the last completed save left "
+          "them: run the same command to resume", file=sys.stderr)
+    exit_bounded(INTERRUPTED)
+  except Exception:  # a bug: its traceback, and the same bounded exit
+    traceback.print_exc()
+    exit_bounded(1)
   print(final_line(result))
+  # Ctrl-C during training saves and stops like SIGTERM, but exits as an interrupted
+  # program does (128 + SIGINT), so that a calling script stops too.
+  exit_bounded(INTERRUPTED if result.get("stopped_by") == "SIGINT" else 0)
 
 
 if __name__ == "__main__":

@@ -6,10 +6,17 @@ and the other way round) and `meta` (JSON: model, dataset, config), which lets a
 a workdir that holds another model before it touches anything. Orbax writes each step into
 a temporary folder and renames it when complete, so a crash mid-write never leaves a
 checkpoint that looks finished.
+
+A save that fails (no permission, a full disk) reaches the run once, as a CheckpointError
+that names the step, the folder and the cause, at the next save or at `close`, which every
+exit path of a run calls: it waits for the started saves (bounded by orbax's asynchronous
+save timeout) and releases orbax's threads whether a save failed or not.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
 from typing import Any
 
@@ -25,6 +32,11 @@ class Checkpointer:
 
   def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
     self.directory = str(fs.user_path(directory))  # local: absolute; gs://...: as given
+    _check_writable(fs.user_path(directory))
+    self._saving: int | None = None  # the step of the save started last
+    self._failed = False
+    self._quiet = _QuietOrbaxErrors()
+    logging.getLogger("absl").addFilter(self._quiet)
     self.manager = ocp.CheckpointManager(
         fs.user_path(directory),
         options=ocp.CheckpointManagerOptions(
@@ -37,9 +49,30 @@ class Checkpointer:
     return sorted(self.manager.all_steps())
 
   def save(self, step: int, state, meta: dict[str, Any]) -> None:
-    """Starts writing `state` at `step`; returns while the write goes on in the background."""
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+    """Starts writing `state` at `step`; returns while the write goes on in the background.
+    A CheckpointError where this save, or the one before it, failed."""
+    self.wait()  # orbax waits for the save before anyway; this names its failure by its step
+    self._saving = step
+    with self._failure_as_error(step):
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+
+  @contextlib.contextmanager
+  def _failure_as_error(self, step: int):
+    """Turns an exception of orbax's saving into one CheckpointError, raised once."""
+    try:
+      yield
+    except Exception as e:  # noqa: BLE001 - OSError locally, any storage error on gs://
+      if self._failed:
+        return
+      self._failed = True
+      done = [s for s in self.all_steps() if s != step]
+      kept = f"the newest complete checkpoint is step {done[-1]}" if done else (
+          "no checkpoint is complete")
+      raise CheckpointError(
+          f"saving the checkpoint of step {step} to {self.directory} failed "
+          f"({type(e).__name__}: {_first_line(e)}); {kept}. Free space or fix the folder's "
+          "permissions, then run the same command to resume") from e
 
   def read_meta(self, step: int) -> dict[str, Any]:
     return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
@@ -103,11 +136,42 @@ class Checkpointer:
     return str(kept)
 
   def wait(self) -> None:
-    """Blocks until every started save is complete on disk."""
-    self.manager.wait_until_finished()
+    """Blocks until every started save is complete on disk; a CheckpointError if one failed."""
+    if self._saving is None:
+      return
+    with self._failure_as_error(self._saving):
+      self.manager.wait_until_finished()
 
   def close(self) -> None:
-    self.manager.close()
+    """Waits for the started saves and releases orbax's threads, whatever happens; raises a
+    save's failure (once) after that."""
+    try:
+      self.wait()
+    finally:
+      try:
+        self.manager.close()
+      except Exception:  # noqa: BLE001 - a failed save is reported by wait() already
+        if not self._failed:
+          raise
+      logging.getLogger("absl").removeFilter(self._quiet)
+
+
+class _QuietOrbaxErrors(logging.Filter):
+  """Drops orbax's error logs: a failed background write is logged with its traceback by
+  every thread it reached (hundreds on a full disk), and reaches the run as one
+  CheckpointError anyway."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
+
+
+def _check_writable(directory) -> None:
+  """A CheckpointError, before any training, where the checkpoints folder cannot be made or
+  written to: a file of that name, no permission, an immutable folder."""
+  problem = fs.write_problem(directory, f".write_test-{jax.process_index()}")
+  if problem:
+    raise CheckpointError(f"cannot write checkpoints to {directory} ({problem}); move what "
+                          "is in the way, or choose another --workdir")
 
 
 def read_state(directory: str, step: int | None = None):

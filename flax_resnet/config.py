@@ -15,6 +15,7 @@ without defaults of their own.
 from __future__ import annotations
 
 import difflib
+import math
 
 import ml_collections
 
@@ -150,11 +151,16 @@ def model_fields(config) -> dict:
     fields["shortcut"] = config.shortcut
   return fields
 
-# Numeric fields and the values they take: (test, what the value must be).
+# The largest image side a run takes: beyond it a single image fills gigabytes.
+MAX_IMAGE_SIZE = 4096
+
+# Numeric fields and the values they take: (test, what the value must be). Every number of
+# the config must also be finite (`_non_finite`).
 _RANGES = {
     "batch_size": (lambda v: v > 0, "positive"),
     "eval_batch_size": (lambda v: v >= 0, ">= 0 (0: batch_size)"),
-    "image_size": (lambda v: v >= 0, "a number of pixels, >= 0 (0: the dataset's own)"),
+    "image_size": (lambda v: 0 <= v <= MAX_IMAGE_SIZE,
+                   f"a number of pixels in [0, {MAX_IMAGE_SIZE}] (0: the dataset's own)"),
     "num_classes": (lambda v: v >= 0, ">= 0 (0: the dataset's)"),
     "num_epochs": (lambda v: v >= 0, ">= 0"),
     "num_train_steps": (lambda v: v >= 0, ">= 0 (0: num_epochs decides)"),
@@ -189,6 +195,13 @@ _RANGES = {
 }
 
 
+def _non_finite(value) -> bool:
+  """NaN or an infinity, alone or in a tuple or list (lr_decay_epochs)."""
+  if isinstance(value, (tuple, list)):
+    return any(_non_finite(v) for v in value)
+  return isinstance(value, float) and not math.isfinite(value)
+
+
 def check_config(config) -> None:
   """Raises ConfigError for unknown or missing fields, unknown names and impossible values."""
   keys = set(config.keys())
@@ -219,6 +232,13 @@ def check_config(config) -> None:
   for field, choices in CHOICES.items():
     if config[field] not in choices:
       raise ConfigError(f"config.{field}={config[field]!r} is not one of {choices}")
+  for field in ("data_dir", "fashion_mnist_source_dir"):  # e.g. --config.data_dir=$UNSET
+    if isinstance(config[field], str) and not config[field].strip():
+      raise ConfigError(f"config.{field} is empty (an unset shell variable?); name a folder"
+                        + (", or None for TFDS's default" if field == "data_dir" else ""))
+  for field in sorted(FIELDS):
+    if _non_finite(config[field]):
+      raise ConfigError(f"config.{field} must be a finite number, not {config[field]!r}")
   for field, (ok, what) in _RANGES.items():
     if not ok(config[field]):
       raise ConfigError(f"config.{field} must be {what}, not {config[field]!r}")

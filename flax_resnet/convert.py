@@ -198,13 +198,33 @@ def _to_numpy(value) -> np.ndarray:
   return np.asarray(value)
 
 
+def _weights_format(path: str) -> str | None:
+  """'safetensors' or 'torch' by a file's first bytes, whatever its name; None for anything
+  else. safetensors: an 8-byte little-endian header length, then the JSON header's '{'.
+  torch.save: a zip archive (PK), or the legacy format, a pickle (protocol byte 0x80)."""
+  with open(path, "rb") as f:
+    head = f.read(9)
+  if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= (
+      os.path.getsize(path) - 8):
+    return "safetensors"
+  if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+    return "torch"
+  return None
+
+
 def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """A torchvision state dict from a .safetensors file (no torch needed) or a torch.save file
-  (.pth/.pt/.bin/.ckpt: needs torch; a {'state_dict': ...} or {'model': ...} wrapper is opened)."""
+  (.pth/.pt/.bin/.ckpt: needs torch; a {'state_dict': ...} or {'model': ...} wrapper is opened),
+  told apart by their first bytes; any other file is a ValueError that says so."""
   path = os.fspath(path)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"no weights file at {path!r}")
-  if path.endswith(".safetensors"):
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"no weights file at {path!r}" +
+                            (" (a directory)" if os.path.isdir(path) else ""))
+  kind = _weights_format(path)
+  if kind is None:
+    raise ValueError(f"{path!r} is not a weights file: neither .safetensors nor a torch.save "
+                     "archive (.pth/.pt/.bin/.ckpt)")
+  if kind == "safetensors":
     from safetensors.numpy import load_file
     return load_file(path)
   try:

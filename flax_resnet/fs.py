@@ -64,3 +64,19 @@ def check_bucket(path, what: str, error_class) -> None:
     raise error_class(f"{what}={path}: bucket {bucket} does not exist (or this account cannot "
                       f"see it); create it with `gcloud storage buckets create {bucket}`, or "
                       "check the name")
+
+
+def write_problem(folder: epath.Path, probe_name: str) -> str | None:
+  """Why the folder cannot be made or written to, in words, or None where it can: makes it,
+  then writes and deletes the empty file `probe_name` in it (name it per process: on a pod
+  every host probes the same shared folder at once)."""
+  if folder.exists() and not folder.is_dir():
+    return "a file of that name is in the way"
+  try:
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / probe_name
+    probe.write_text("")
+    probe.unlink()
+  except Exception as e:  # noqa: BLE001 - OSError locally, TensorFlow's OpError on gs://
+    return e.strerror if isinstance(e, OSError) and e.strerror else storage_problem(e)
+  return None

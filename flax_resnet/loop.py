@@ -12,6 +12,7 @@ TensorBoard summaries and a plot. Each part is a function or class of its own be
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import signal
@@ -21,14 +22,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flax_resnet import cpu, fs, optim, scan_layout
+from flax_resnet import cpu, fs, optim, scan_layout, workdir_lock
 from flax_resnet.checkpointing import Checkpointer
 from flax_resnet.config import model_fields
-from flax_resnet.errors import CheckpointError, ConfigError, TrainingDiverged
-from flax_resnet.named_models import MODEL_SPECS, create_model
+from flax_resnet.errors import ConfigError, TrainingDiverged
+from flax_resnet.named_models import create_model
 from flax_resnet.parallel import AXIS, DataParallel
 from flax_resnet.plan import RunPlan, plan_run
 from flax_resnet.reporting import Reporter
+from flax_resnet.resume import check_same_run, run_identity
 from flax_resnet.step import StepSettings, create_train_state, eval_step, train_step, with_ema
 from flax_resnet.workdir import record_classes
 
@@ -53,63 +55,43 @@ def prepare_workdir(workdir: str) -> str:
   be written to (no such bucket, no permission, a file in the way)."""
   path = fs.user_path(workdir)
   fs.check_bucket(workdir, "--workdir", ConfigError)
-  try:
-    path.mkdir(parents=True, exist_ok=True)
-    # one probe per process: on a pod every host checks the same shared workdir at once
-    probe = path / f".write_test-{jax.process_index()}"
-    probe.write_text("")
-    probe.unlink()
-  except Exception as e:  # noqa: BLE001 - OSError locally, TensorFlow's OpError on gs://
-    problem = e.strerror if isinstance(e, OSError) and e.strerror else fs.storage_problem(e)
+  problem = fs.write_problem(path, f".write_test-{jax.process_index()}")
+  if problem:
     raise ConfigError(f"cannot write to workdir {path} ({problem}); choose a folder "
-                      "you can write to with --workdir") from None
+                      "you can write to with --workdir")
   return str(path)
 
 
 class Preemption:
-  """Turns SIGTERM (a preempted VM, a cluster scheduler) into a request to save and stop."""
+  """Turns SIGTERM (a preempted VM, a cluster scheduler) and the first SIGINT (Ctrl-C, a
+  notebook's interrupt) into a request to save and stop; `requested` names the signal. A
+  second Ctrl-C interrupts at once, as Python does."""
+
+  SIGNALS = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT"}
 
   def __init__(self):
-    self.requested = False
-    self._previous = None
+    self.requested: str | None = None
+    self._previous: dict = {}
 
   def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread (e.g. some notebook kernels): no handler
-      self._previous = None
+    for signum in self.SIGNALS:
+      try:
+        self._previous[signum] = signal.signal(signum, self._handle)
+      except ValueError:  # not the main thread (e.g. some notebook kernels): no handler
+        pass
     return self
 
   def _handle(self, signum, frame):
-    self.requested = True
+    self.requested = self.requested or self.SIGNALS[signum]
+    if signum == signal.SIGINT:
+      signal.signal(signum, self._previous[signum])
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
 
 
 # --- Checkpoints: what they hold, and restoring or initializing the state ---------------------
-
-def run_identity(config, model, num_classes: int, image_shape) -> dict[str, Any]:
-  """What a checkpoint records about its run (its `meta` item)."""
-  return {"model": config.model, "widths": list(model.widths), "dataset": config.dataset,
-          "num_classes": num_classes, "image_shape": list(image_shape),
-          "config": config.to_dict()}
-
-
-def check_same_run(saved: dict[str, Any], meta: dict[str, Any], workdir: str) -> None:
-  """Refuses a checkpoint of another model, width, dataset or class count."""
-  saved_widths = saved.get("widths")
-  if saved_widths is None and saved.get("model") in MODEL_SPECS:  # absent: the model's own
-    saved_widths = list(MODEL_SPECS[saved["model"]]["widths"])
-  keys = ("model", "dataset", "num_classes")
-  if [saved.get(k) for k in keys] + [saved_widths] != [meta[k] for k in keys] + [meta["widths"]]:
-    raise CheckpointError(
-        f"{workdir} holds checkpoints of {saved.get('model')} (widths {saved_widths}) on "
-        f"{saved.get('dataset')} ({saved.get('num_classes')} classes), but this config "
-        f"trains {meta['model']} (widths {meta['widths']}) on {meta['dataset']} "
-        f"({meta['num_classes']} classes); use another --workdir")
-
 
 def checkpoint_layout(model) -> tuple[Callable, Callable]:
   """(to_checkpoint, from_checkpoint): checkpoints hold the unrolled variable layout whatever
@@ -177,12 +159,15 @@ def evaluate(p_eval: Callable, state, batches, parallel: DataParallel) -> dict[s
 
 class MetricsBuffer:
   """Training metrics of the steps not yet looked at, kept on the devices so that the host
-  does not wait for each step. `flush` fetches them, raises TrainingDiverged at the first
-  non-finite loss, and returns their mean (the learning rate: the last step's)."""
+  does not wait for each step. `flush` fetches them and writes their mean (the learning rate:
+  the last step's) as one record at the last of them, whoever asks for it (a log line, an
+  evaluation, a checkpoint), so that every step counts in exactly one record. At the first
+  non-finite loss it writes the steps before it and raises TrainingDiverged."""
 
-  def __init__(self, get_metrics: Callable, checkpoint_dir: str):
+  def __init__(self, get_metrics: Callable, write: Callable[[int, dict], None], checkpointer):
     self._get = get_metrics
-    self._checkpoint_dir = checkpoint_dir
+    self._write = write
+    self._checkpointer = checkpointer  # what the divergence message says is kept
     self._pending: list[tuple[int, Any]] = []
 
   def add(self, step: int, metrics) -> None:
@@ -193,15 +178,27 @@ class MetricsBuffer:
       return None
     host = [(s, self._get(m)) for s, m in self._pending]
     self._pending.clear()
-    for s, m in host:
-      if not np.isfinite(m["train_loss"]):
-        raise TrainingDiverged(
-            f"the training loss became {float(m['train_loss'])} at step {s}; stopped. The "
-            f"newest checkpoint in {self._checkpoint_dir} was written before it and is "
-            "intact. Lower config.learning_rate or enable warm-up, then run again.")
-    mean = {k: float(np.mean([m[k] for _, m in host])) for k in host[-1][1]}
-    mean["learning_rate"] = float(host[-1][1]["learning_rate"])
+    bad = next((i for i, (_, m) in enumerate(host) if not np.isfinite(m["train_loss"])), None)
+    good = host if bad is None else host[:bad]
+    mean = None
+    if good:
+      mean = {k: float(np.mean([m[k] for _, m in good])) for k in good[-1][1]}
+      mean["learning_rate"] = float(good[-1][1]["learning_rate"])
+      self._write(good[-1][0], mean)
+    if bad is not None:
+      step, m = host[bad]
+      raise TrainingDiverged(
+          f"the training loss became {float(m['train_loss'])} at step {step}; stopped. "
+          f"{self._kept()} Lower config.learning_rate or enable warm-up, then run again.")
     return mean
+
+  def _kept(self) -> str:
+    steps = self._checkpointer.all_steps()
+    if not steps:
+      return (f"No checkpoint was written before it ({self._checkpointer.directory} holds "
+              "none), so the next run starts afresh.")
+    return (f"The newest checkpoint, step {steps[-1]} in {self._checkpointer.directory}, was "
+            "written before it and is intact.")
 
 
 # --- The loop -----------------------------------------------------------------------------------
@@ -240,12 +237,14 @@ def build(config, plan: RunPlan) -> Training:
 def train(config, plan: RunPlan, training: Training, state, start_step: int,
           checkpointer: Checkpointer, reporter: Reporter) -> tuple[dict[str, Any], int, str | None]:
   """Trains from `start_step` to plan.num_train_steps, logging, evaluating and checkpointing
-  as configured, until the end or a SIGTERM (which saves and stops). A finished run is
-  evaluated once. Returns (the last evaluation, the step reached, 'SIGTERM' or None)."""
+  as configured, until the end or a SIGTERM or Ctrl-C (which save and stop). A checkpoint is
+  saved before the evaluation of the same step, and an evaluation that fails saves its step
+  first. A finished run is evaluated once. Returns (the last evaluation, the step reached,
+  'SIGTERM', 'SIGINT' or None)."""
   from flax_resnet.data import pipeline  # imports TensorFlow: only when training
 
   parallel, num_train_steps = plan.parallel, plan.num_train_steps
-  metrics = MetricsBuffer(parallel.get_metrics, checkpointer.directory)
+  metrics = MetricsBuffer(parallel.get_metrics, reporter.write, checkpointer)
 
   def run_evaluation(step: int) -> dict[str, Any]:
     result = evaluate(training.p_eval, state, pipeline.create_eval_iterator(config), parallel)
@@ -258,7 +257,7 @@ def train(config, plan: RunPlan, training: Training, state, start_step: int,
     return {**result, "eval_step": step}
 
   def save(step: int) -> None:
-    metrics.flush()  # never checkpoint a diverged state
+    metrics.flush()  # written, and never checkpoint a diverged state
     checkpointer.save(step, training.to_checkpoint(parallel.get_state(state)), training.meta)
 
   if start_step >= num_train_steps:
@@ -280,20 +279,25 @@ def train(config, plan: RunPlan, training: Training, state, start_step: int,
         reporter.restart_clock(step)  # the first step's time is mostly compilation
       if step % config.log_every_steps == 0 or last:
         summary = metrics.flush()
-        reporter.progress(step, summary)
-        reporter.write(step, summary)
+        if summary is not None:
+          reporter.progress(step, summary)
+      if step % plan.checkpoint_every == 0 or last:
+        save(step)  # before the evaluation, which then cannot lose the training before it
       if step % plan.eval_every == 0 or last:
-        metrics.flush()
-        last_eval = run_evaluation(step)
+        metrics.flush()  # the steps since the last log line, written at this step
+        try:
+          last_eval = run_evaluation(step)
+        except BaseException:  # a bad eval image, Ctrl-C twice: keep this step's training
+          if step not in checkpointer.all_steps():
+            save(step)
+          raise
         reporter.write(step, {k: v for k, v in last_eval.items() if k != "eval_step"})
         reporter.restart_clock(step)
-      if step % plan.checkpoint_every == 0 or last:
-        save(step)
       if preemption.requested and not last:
-        reporter.say(f"SIGTERM: saving a checkpoint at step {step} and stopping")
+        reporter.say(f"{preemption.requested}: saving a checkpoint at step {step} and stopping")
         if step not in checkpointer.all_steps():
           save(step)
-        return last_eval, step, "SIGTERM"
+        return last_eval, step, preemption.requested
   return last_eval, step, None
 
 
@@ -310,34 +314,42 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
   Returns the last evaluation's metrics (eval_accuracy, eval_top5_accuracy, eval_loss,
   eval_examples; with config.ema_decay > 0 also the EMA weights' ema_eval_accuracy,
   ema_eval_top5_accuracy, ema_eval_loss) with `eval_step`, the step it was measured at, and
-  `steps`, the step the run ended at; `stopped_by` is 'SIGTERM' when a SIGTERM ended it before
-  `num_train_steps`.
+  `steps`, the step the run ended at; `stopped_by` is 'SIGTERM' or 'SIGINT' when that signal
+  (Ctrl-C, a notebook's interrupt) ended it before `num_train_steps`, after saving.
   """
+  if not str(workdir).strip():  # e.g. --workdir=$UNSET: never the current folder in silence
+    raise ConfigError("--workdir is empty; name the folder the run writes to")
   plan = plan_run(config, devices)  # raises ConfigError/DataError before anything is written
   workdir = prepare_workdir(workdir)
-  training = build(config, plan)
-  checkpointer = Checkpointer(str(fs.user_path(workdir) / "checkpoints"), config.keep_checkpoints)
-  try:
+  with contextlib.ExitStack() as stack:  # whatever happens, closed in the reverse order
+    stack.enter_context(workdir_lock.hold(workdir))  # one run per workdir
+    training = build(config, plan)
+    checkpointer = Checkpointer(str(fs.user_path(workdir) / "checkpoints"),
+                                config.keep_checkpoints)
+    stack.callback(checkpointer.close)  # saves finished, or failed in one CheckpointError
+    changes: list[str] = []  # config fields changed since the checkpoint resumed from
+
+    def check_meta(saved):  # called for each checkpoint tried, newest first
+      changes[:] = check_same_run(saved, training.meta, workdir)
+
     state, start_step = restore_or_initialize(
         checkpointer, training.make_state, config.seed, training.to_checkpoint,
-        training.from_checkpoint, plan.parallel,
-        check_meta=lambda saved: check_same_run(saved, training.meta, workdir),
+        training.from_checkpoint, plan.parallel, check_meta=check_meta,
         ema=training.settings.ema_decay > 0)
     record_classes(workdir, config, plan.num_classes)  # WORKDIR/classes.json, for load()
     reporter = Reporter(workdir, plan.num_train_steps, config.batch_size, start_step)
-    try:
-      reporter.say(f"{config.model} on {config.dataset}: {plan.num_train_steps} steps of "
-                   f"{config.batch_size} images over {plan.parallel.num_devices} devices "
-                   f"({plan.parallel.mode}); " + (f"resuming at step {start_step}" if start_step
-                                                  else "starting afresh"))
-      last_eval, step, stopped_by = train(config, plan, training, state, start_step,
-                                          checkpointer, reporter)
-    finally:
-      reporter.close()
-  finally:
-    checkpointer.wait()
-    checkpointer.close()
-  if step >= plan.num_train_steps:
-    finish(config, workdir)
+    stack.callback(reporter.close)
+    reporter.say(f"{config.model} on {config.dataset}: {plan.num_train_steps} steps of "
+                 f"{config.batch_size} images over {plan.parallel.num_devices} devices "
+                 f"({plan.parallel.mode}); " + (f"resuming at step {start_step}" if start_step
+                                                else "starting afresh"))
+    notes = list(plan.notes) + ([f"resuming with config changes: {', '.join(changes)}"]
+                                if start_step and changes else [])
+    for note in notes:
+      reporter.say(f"note: {note}")
+    last_eval, step, stopped_by = train(config, plan, training, state, start_step,
+                                        checkpointer, reporter)
+    if step >= plan.num_train_steps:
+      finish(config, workdir)
   return {**last_eval, "steps": step, "num_train_steps": plan.num_train_steps,
           "stopped_by": stopped_by}

@@ -17,6 +17,7 @@ All modules take NHWC input and are pure Flax Linen: `model.init(rng, x, train=F
 from __future__ import annotations
 
 import functools
+import numbers
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -360,17 +361,42 @@ class ResNet(nn.Module):
     if self.shortcut_downsample not in SHORTCUT_DOWNSAMPLES:
       raise ValueError(f"unknown shortcut_downsample {self.shortcut_downsample!r}; use one "
                        f"of {SHORTCUT_DOWNSAMPLES}")
+    if not (isinstance(self.num_classes, numbers.Integral) and self.num_classes >= 1):
+      raise ValueError(f"num_classes must be a positive integer, not {self.num_classes!r}")
     if not RATE_RANGE[0](self.drop_path_rate):
       raise ValueError(f"drop_path_rate must be {RATE_RANGE[1]}, not {self.drop_path_rate}")
     if self.drop_path_rate and not self.block_cls.residual:
       raise ValueError(f"drop_path_rate needs residual blocks; {self.block_cls.__name__} "
                        "has no shortcut to fall back on")
 
+  def _check_input(self, x):
+    """A ValueError naming the expected layout for an input that is not a batch of NHWC
+    images: not 4-D; channels-first (NCHW), seen as a second axis of at most 4 (the channels
+    of a grey, RGB or RGBA image) before a last axis above 4, which read as NHWC would be
+    pictures at most 4 pixels high; or, once initialized, a channel count other than the
+    stem's."""
+    shape = tuple(jnp.shape(x))
+    expected = "a batch of NHWC images, (batch, height, width, channels)"
+    if len(shape) != 4:
+      raise ValueError(f"ResNet takes {expected}; got an input of shape {shape}")
+    if shape[1] <= 4 < shape[3]:
+      raise ValueError(f"ResNet takes {expected}; the input of shape {shape} looks "
+                       "channels-first (NCHW): transpose it with x.transpose(0, 2, 3, 1)")
+    stem = self.variables.get("params", {}).get("stem", {})
+    kernels = [v["kernel"] for k, v in sorted(stem.items()) if "kernel" in v]
+    if kernels and kernels[0].shape[-2] != shape[3]:
+      raise ValueError(f"this model's stem takes {kernels[0].shape[-2]}-channel images as "
+                       f"{expected}; got an input of shape {shape} with {shape[3]} channels")
+
   @nn.compact
   def __call__(self, x, train: bool = False, return_features: bool = False):
     """Logits of shape (batch, num_classes), or with `return_features` a dict of the stem's
-    and each stage's output, the pooled features and the logits (for transfer learning)."""
+    and each stage's output, the pooled features and the logits (for transfer learning).
+
+    `x` is a batch of NHWC images; an input of another rank, a channels-first one, or one
+    with other channels than the stem's kernel raises a ValueError that says so."""
     self._check_fields()
+    self._check_input(x)
     conv = functools.partial(self.conv, use_bias=False, dtype=self.dtype, kernel_init=he_normal)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                              momentum=self.bn_momentum, epsilon=self.bn_epsilon,

@@ -81,7 +81,9 @@ def create_model(name: str, **overrides) -> ResNet:
   if unknown:
     raise ValueError(f"unknown ResNet field(s) {unknown} for model {name!r}; "
                      f"valid fields: {sorted(fields)}")
-  return ResNet(**{**spec, **overrides})
+  model = ResNet(**{**spec, **overrides})
+  model._check_fields()  # a value out of range fails here, not at the model's first call
+  return model
 
 
 def _constructor(name: str):

@@ -17,6 +17,34 @@ def effective_learning_rate(config) -> float:
   return config.learning_rate
 
 
+def warmup_length(config, steps_per_epoch: int) -> int:
+  """Steps of warm-up: config.warmup_steps, else warmup_epochs' worth."""
+  return int(config.warmup_steps or round(config.warmup_epochs * steps_per_epoch))
+
+
+def decay_steps(config, steps_per_epoch: int) -> list[int]:
+  """The steps at which the 'step' schedule divides the learning rate."""
+  if config.lr_decay_steps:
+    return [int(s) for s in config.lr_decay_steps]
+  return [int(round(e * steps_per_epoch)) for e in config.lr_decay_epochs]
+
+
+def schedule_notes(config, steps_per_epoch: int, num_train_steps: int) -> list[str]:
+  """What the schedule will not do in a run of `num_train_steps`: a warm-up that does not end
+  before the run does, 'step' decays that come after its end."""
+  notes = []
+  warmup = warmup_length(config, steps_per_epoch)
+  if warmup >= num_train_steps:
+    notes.append(f"the warm-up ({warmup} steps) lasts the whole run ({num_train_steps} steps): "
+                 f"the learning rate never reaches its peak {effective_learning_rate(config):g}")
+  if config.lr_schedule == "step":
+    late = [b for b in decay_steps(config, steps_per_epoch) if b >= num_train_steps]
+    if late:
+      notes.append(f"the learning rate would decay at step(s) {', '.join(map(str, late))}, "
+                   f"at or after the run's end at step {num_train_steps}: it does not")
+  return notes
+
+
 def create_learning_rate_fn(config, steps_per_epoch: int, num_train_steps: int) -> optax.Schedule:
   """'step' (the paper: /10 at given epochs or steps), 'cosine', 'polynomial' (MLPerf's LARS:
   (1 - t/T)^lr_power from the peak to lr_end) or 'constant', after a warm-up.
@@ -25,11 +53,10 @@ def create_learning_rate_fn(config, steps_per_epoch: int, num_train_steps: int) 
   ResNet-110 on CIFAR, which trains at 0.01 for its first 400 iterations).
   """
   base_lr = effective_learning_rate(config)
-  warmup_steps = int(config.warmup_steps or round(config.warmup_epochs * steps_per_epoch))
+  warmup_steps = warmup_length(config, steps_per_epoch)
 
   if config.lr_schedule == "step":
-    boundaries = ([int(s) for s in config.lr_decay_steps] if config.lr_decay_steps
-                  else [int(round(e * steps_per_epoch)) for e in config.lr_decay_epochs])
+    boundaries = decay_steps(config, steps_per_epoch)
     main = optax.piecewise_constant_schedule(
         base_lr, {b - warmup_steps: config.lr_decay_factor for b in boundaries
                   if b > warmup_steps})

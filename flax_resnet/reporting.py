@@ -2,7 +2,8 @@
 
 Only process 0 writes; the others stay quiet, so a pod run logs once.
 
-metrics.jsonl holds one JSON object per line. Locally each record is appended; an object store
+metrics.jsonl holds one strict JSON object per line (a NaN or infinite value is written as
+null). Locally each record is appended; an object store
 (gs://) cannot append, so there the Reporter keeps the run's records in memory and rewrites
 the whole object at each write (a GCS object is replaced whole, never seen half-written).
 """
@@ -21,11 +22,15 @@ from flax_resnet import fs
 
 
 def _plain(value):
-  """numpy/jax scalars as JSON numbers."""
+  """numpy/jax scalars as JSON numbers; NaN and infinities as null, which strict JSON parsers
+  accept (they reject the NaN and Infinity that Python's json writes by default)."""
+  if value is None or isinstance(value, (int, str)):
+    return value
   try:
-    return float(value) if not isinstance(value, (int, str)) else value
+    value = float(value)
   except (TypeError, ValueError):
     return str(value)
+  return value if math.isfinite(value) else None
 
 
 class Reporter:
@@ -59,7 +64,7 @@ class Reporter:
     if not (self.active and self.path.exists()):
       return
     self._records = [r for r in _parse(self.path.read_text()) if r.get("step", 0) <= step]
-    text = "".join(json.dumps(r) + "\n" for r in self._records)
+    text = "".join(_line(r) for r in self._records)
     if self._rewrite:
       self.path.write_text(text)
     else:  # locally: a complete new file replaces the old one in one rename
@@ -73,10 +78,10 @@ class Reporter:
     record = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
     if self._rewrite:
       self._records.append(record)
-      self.path.write_text("".join(json.dumps(r) + "\n" for r in self._records))
+      self.path.write_text("".join(_line(r) for r in self._records))
     else:
       with self.path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(_line(record))
     if self._writer is not None:
       self._writer.write_scalars(int(step), {k: v for k, v in record.items()
                                              if k != "step" and isinstance(v, float)})
@@ -119,8 +124,22 @@ def _duration(seconds: float) -> str:
   return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
+def _line(record: dict[str, Any]) -> str:
+  """One strict JSON line; also for records read back from a file that held NaN."""
+  return json.dumps({k: _plain(v) for k, v in record.items()}, allow_nan=False) + "\n"
+
+
 def _parse(text: str) -> list[dict[str, Any]]:
-  return [json.loads(line) for line in text.splitlines() if line.strip()]
+  """The records of metrics.jsonl; a last line cut short (a crash or a full disk during its
+  append) is left out: that record is lost, not the resume."""
+  lines = [line for line in text.splitlines() if line.strip()]
+  records = [json.loads(line) for line in lines[:-1]]
+  if lines:
+    try:
+      records.append(json.loads(lines[-1]))
+    except ValueError:
+      pass
+  return records
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:

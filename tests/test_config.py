@@ -73,3 +73,19 @@ def test_no_config_file_repeats_a_models_own_shortcut():
     if name.endswith(".py") and name not in ("__init__.py", "reproduce.py"):
       module = __import__(f"configs.{name[:-3]}", fromlist=["get_config"])
       assert module.get_config().shortcut == "", name
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("learning_rate", float("inf"), "learning_rate must be a finite number, not inf"),
+    ("weight_decay", float("nan"), "weight_decay must be a finite number, not nan"),
+    ("warmup_epochs", float("inf"), "warmup_epochs must be a finite number"),
+    ("lr_decay_epochs", (30, float("inf")), "lr_decay_epochs must be a finite number"),
+    ("image_size", 100_000, r"image_size must be a number of pixels in \[0, 4096\]"),
+    ("data_dir", "", "config.data_dir is empty"),
+    ("fashion_mnist_source_dir", " ", "config.fashion_mnist_source_dir is empty"),
+])
+def test_absurd_values_are_refused(field, value, message):
+  config = default_config()
+  config[field] = value
+  with pytest.raises(ConfigError, match=message):
+    check_config(config)

@@ -159,8 +159,25 @@ def test_safetensors_file_reads_without_torch(tmp_path, monkeypatch):
   assert_trees_equal(variables, back)
   with pytest.raises(ImportError, match="needs PyTorch"):
     path_pth = tmp_path / "resnet34.pth"
-    path_pth.write_bytes(b"not read")
+    path_pth.write_bytes(b"PK\x03\x04 a zip archive, as torch.save writes")
     load_state_dict(path_pth)
+
+
+@pytest.mark.parametrize("name,content", [
+    ("resnet18.pth", b"<html>404 Not Found</html>"),
+    ("resnet18.safetensors", b"version https://git-lfs.github.com/spec/v1\n"),
+    ("resnet18.bin", b""),
+])
+def test_a_file_that_holds_no_weights_is_named_as_such(tmp_path, name, content):
+  path = tmp_path / name
+  path.write_bytes(content)
+  with pytest.raises(ValueError, match="is not a weights file"):
+    from_torchvision(path, "resnet18")
+  from flax_resnet import from_timm
+  with pytest.raises(ValueError, match="is not a weights file"):
+    from_timm(path, "resnet18d")
+  with pytest.raises(FileNotFoundError, match=r"no weights file at .* \(a directory\)"):
+    from_torchvision(tmp_path, "resnet18")
 
 
 def test_pth_file_of_torch_tensors(tmp_path):

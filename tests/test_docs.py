@@ -168,3 +168,24 @@ def test_nnx_example_runs():
   assert "eval logits equal Linen's apply" in out.getvalue(), out.getvalue()
   for name in ("changed", "moved"):  # BatchNorm statistics, then parameters, updated
     assert namespace[name], f"docs/nnx.md's example defines no {name!r}"
+
+
+def test_tests_named_in_the_reliability_table_exist():
+  """Each guarantee of README's reliability table names tests that exist (`test_bad_*`: a
+  prefix)."""
+  text = (ROOT / "README.md").read_text()
+  table = text.split("## Reliability", 1)[1].split("\n## ", 1)[0]
+  defined = set()
+  for path in (ROOT / "tests").glob("test_*.py"):
+    defined |= set(re.findall(r"^def (test_\w+)", path.read_text(), flags=re.M))
+  missing = []
+  for name in sorted(set(re.findall(r"(?<![\w/])(test_\w+(?:\.py|\*)?)", table))):
+    if name.endswith(".py"):
+      found = (ROOT / "tests" / name).is_file()
+    elif name.endswith("*"):
+      found = any(d.startswith(name[:-1]) for d in defined)
+    else:
+      found = name in defined
+    if not found:
+      missing.append(name)
+  assert not missing, f"README's reliability table names missing tests: {missing}"

@@ -423,3 +423,29 @@ def test_classifier_starts_as_torchvisions():
   assert kernel.shape == (2048, 1000) and np.abs(kernel).max() <= bound
   assert np.abs(bias).max() <= bound and np.abs(bias).max() > 0.9 * bound
   np.testing.assert_allclose(kernel.var(), 1 / (3 * 2048), rtol=0.01)
+
+
+@pytest.mark.parametrize("num_classes", [0, -3, 2.5])
+def test_num_classes_must_be_a_positive_integer(num_classes):
+  with pytest.raises(ValueError, match="num_classes must be a positive integer"):
+    create_model("resnet18", num_classes=num_classes)
+
+
+def test_an_input_that_is_not_nhwc_says_the_model_takes_nhwc():
+  model = create_model("cifar_resnet20")
+  for nchw in [(2, 3, 32, 32), (2, 1, 28, 28)]:
+    with pytest.raises(ValueError, match=r"looks channels-first \(NCHW\).*transpose"):
+      model.init(jax.random.key(0), jnp.ones(nchw))
+  with pytest.raises(ValueError, match=r"takes a batch of NHWC images.*shape \(32, 32, 3\)"):
+    model.init(jax.random.key(0), jnp.ones((32, 32, 3)))
+  variables = model.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))
+  with pytest.raises(ValueError, match="looks channels-first"):
+    model.apply(variables, jnp.ones((2, 3, 32, 32)))
+  with pytest.raises(ValueError, match="stem takes 3-channel images.*with 1 channels"):
+    model.apply(variables, jnp.ones((2, 32, 32, 1)))
+  # the deep stem's first convolution is the one checked; NHWC inputs pass
+  deep = create_model("resnet18d", num_classes=5)
+  variables = deep.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))
+  with pytest.raises(ValueError, match="stem takes 3-channel images"):
+    deep.apply(variables, jnp.ones((1, 32, 32, 4)))
+  assert deep.apply(variables, jnp.ones((1, 32, 32, 3))).shape == (1, 5)

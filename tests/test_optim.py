@@ -112,3 +112,16 @@ def test_large_batch_configs_are_valid():
   check_config(lars)
   assert optim.effective_learning_rate(goyal) == pytest.approx(0.1 * 8192 / 256)
   assert lars.optimizer == "lars" and lars.lr_schedule == "polynomial"
+
+
+def test_schedule_notes_say_what_a_short_run_will_not_do():
+  config = _config(warmup_epochs=2.0, lr_schedule="step", lr_decay_epochs=(1, 30),
+                   learning_rate=0.1, lr_reference_batch_size=0)
+  notes = optim.schedule_notes(config, steps_per_epoch=10, num_train_steps=20)
+  assert notes == [
+      "the warm-up (20 steps) lasts the whole run (20 steps): the learning rate never reaches "
+      "its peak 0.1",
+      "the learning rate would decay at step(s) 300, at or after the run's end at step 20: it "
+      "does not"]
+  config.warmup_epochs, config.lr_decay_epochs = 1.0, (1,)
+  assert optim.schedule_notes(config, steps_per_epoch=10, num_train_steps=20) == []

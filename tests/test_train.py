@@ -80,6 +80,12 @@ def test_bad_config_is_one_message_without_traceback(tmp_path, fashion_mnist_dat
     (["--config=configs/nonexistent.py"], "--config=configs/nonexistent.py: no such config file"),
     (["--config.image_siz=3"], "'image_siz' Did you mean \"image_size\""),
     (["--config.image_size=abc"], "flag --config.image_size=abc: invalid literal"),
+    (["--config=configs/fashion_mnist_tricks.py:emma"],
+     "--config=configs/fashion_mnist_tricks.py:emma: unknown variant 'emma'; the variants are "
+     "ema, mixup"),
+    (["--config=configs/fashion_mnist_short.py:foo"],
+     "--config=configs/fashion_mnist_short.py:foo: configs/fashion_mnist_short.py takes no "
+     "variant ':foo'"),
 ])
 def test_bad_command_line_is_one_message(tmp_path, flags, message):
   """Mistakes on train.py's command line: one line, nothing written."""
