@@ -21,13 +21,20 @@ from flax_resnet.step import StepSettings, create_train_state, train_step
 
 class OurTrainer:
   """The training of `config` (its model, optimizer, schedule, seed and parallelism) on
-  batches given one at a time; `num_steps` sizes the schedule."""
+  batches given one at a time. The schedule has `num_steps` steps of `steps_per_epoch`
+  (default: all in one epoch); `initial` ({'params', 'batch_stats'}) replaces the weights the
+  run would start from."""
 
-  def __init__(self, config, num_classes: int, image_shape, num_steps: int):
+  def __init__(self, config, num_classes: int, image_shape, num_steps: int,
+               steps_per_epoch: int | None = None, initial: dict | None = None):
     self.model = loop.build_model(config, num_classes)
-    self.learning_rate_fn = optim.create_learning_rate_fn(config, num_steps, num_steps)
+    self.learning_rate_fn = optim.create_learning_rate_fn(
+        config, steps_per_epoch or num_steps, num_steps)
     tx = optim.create_optimizer(config, self.learning_rate_fn)
     state = create_train_state(self.model, tx, image_shape, jax.random.key(config.seed))
+    if initial is not None:
+      state = state.replace(params=initial["params"], batch_stats=initial["batch_stats"],
+                            opt_state=tx.init(initial["params"]))
     self.parallel = DataParallel(config.parallelism)
     self.parallel.check_batch_size(config.batch_size)
     self._state = self.parallel.put_state(state)

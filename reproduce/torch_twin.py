@@ -59,11 +59,11 @@ class BasicBlock(nn.Module):
 
 
 class Stem(nn.Module):
-  def __init__(self, features: int, kind: str):
+  def __init__(self, features: int, kind: str, in_channels: int):
     super().__init__()
     self.kind = kind
-    self.conv = (nn.Conv2d(3, features, 7, 2, 3, bias=False) if kind == "imagenet"
-                 else nn.Conv2d(3, features, 3, 1, 1, bias=False))
+    self.conv = (nn.Conv2d(in_channels, features, 7, 2, 3, bias=False) if kind == "imagenet"
+                 else nn.Conv2d(in_channels, features, 3, 1, 1, bias=False))
     self.bn = nn.BatchNorm2d(features)
     self.relu = nn.ReLU()
 
@@ -76,9 +76,9 @@ class TorchResNet(nn.Module):
   """A basic-block ResNet or plain net laid out as flax_resnet.models.ResNet."""
 
   def __init__(self, stage_sizes, widths, stem: str, option: str, residual: bool,
-               num_classes: int):
+               num_classes: int, in_channels: int = 3):
     super().__init__()
-    self.stem = Stem(widths[0], stem)
+    self.stem = Stem(widths[0], stem, in_channels)
     in_features = widths[0]
     for i, (blocks, width) in enumerate(zip(stage_sizes, widths)):
       stage = nn.Sequential()
@@ -92,12 +92,13 @@ class TorchResNet(nn.Module):
     self.fc = nn.Linear(in_features, num_classes)
 
   @classmethod
-  def like(cls, model) -> "TorchResNet":
-    """The twin of `model`, a flax_resnet basic-block network (stem 'imagenet' or 'cifar')."""
+  def like(cls, model, in_channels: int = 3) -> "TorchResNet":
+    """The twin of `model`, a flax_resnet basic-block network (stem 'imagenet' or 'cifar')
+    taking images of `in_channels` channels."""
     if model.stem not in ("imagenet", "cifar") or "Basic" not in model.block_cls.__name__:
       raise ValueError("twins exist for the basic-block nets with the imagenet or cifar stem")
     return cls(model.stage_sizes, model.widths, model.stem, model.shortcut,
-               model.block_cls.residual, model.num_classes)
+               model.block_cls.residual, model.num_classes, in_channels)
 
   def forward(self, x):
     x = self.stem(x)
@@ -137,7 +138,7 @@ def load_variables(module: TorchResNet, variables) -> None:
   for collection in ("params", "batch_stats"):
     for path, value in traverse_util.flatten_dict(variables[collection]).items():
       name = _torch_name(collection, path)
-      tensor = torch.from_numpy(np.ascontiguousarray(_to_torch_layout(path[-1],
+      tensor = torch.from_numpy(np.array(_to_torch_layout(path[-1],
                                                                        np.asarray(value))))
       if state[name].shape != tensor.shape:
         raise ValueError(f"{name}: ours {tuple(tensor.shape)}, torch {tuple(state[name].shape)}")
@@ -202,10 +203,17 @@ def relu_margin(module: nn.Module):
 
 
 def paper_sgd(module: nn.Module, lr: float, momentum: float = 0.9,
-              weight_decay: float = 1e-4) -> torch.optim.SGD:
-  """The paper's optimizer: SGD with momentum, weight decay on every parameter."""
-  return torch.optim.SGD(module.parameters(), lr=lr, momentum=momentum,
-                         weight_decay=weight_decay)
+              weight_decay: float = 1e-4, decay: str = "all") -> torch.optim.SGD:
+  """The paper's optimizer: SGD with momentum, weight decay on every parameter, or with
+  `decay='kernels'` on the conv and linear weights only (flax_resnet.optim's 'kernels')."""
+  if decay == "all":
+    return torch.optim.SGD(module.parameters(), lr=lr, momentum=momentum,
+                           weight_decay=weight_decay)
+  kernels = [p for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))
+             for p in [m.weight]]
+  others = [p for p in module.parameters() if all(p is not k for k in kernels)]
+  return torch.optim.SGD([{"params": kernels, "weight_decay": weight_decay},
+                          {"params": others, "weight_decay": 0.0}], lr=lr, momentum=momentum)
 
 
 def torch_step(module: nn.Module, optimizer: torch.optim.Optimizer, images: np.ndarray,
