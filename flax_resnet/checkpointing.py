@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import traceback
 from typing import Any
 
 import jax
@@ -36,7 +37,9 @@ class Checkpointer:
     self._saving: int | None = None  # the step of the save started last
     self._failed = False
     self._quiet = _QuietOrbaxErrors()
-    logging.getLogger("absl").addFilter(self._quiet)
+    for logger in ("absl", "asyncio"):
+      logging.getLogger(logger).addFilter(self._quiet)
+    sys.excepthook = self._quiet.excepthook
     self.manager = ocp.CheckpointManager(
         fs.user_path(directory),
         options=ocp.CheckpointManagerOptions(
@@ -153,16 +156,36 @@ class Checkpointer:
       except Exception:  # noqa: BLE001 - a failed save is reported by wait() already
         if not self._failed:
           raise
-      logging.getLogger("absl").removeFilter(self._quiet)
+      if not self._failed:  # after a failure its debris comes until the process ends
+        for logger in ("absl", "asyncio"):
+          logging.getLogger(logger).removeFilter(self._quiet)
+        if sys.excepthook == self._quiet.excepthook:
+          sys.excepthook = self._quiet.previous_excepthook
 
 
 class _QuietOrbaxErrors(logging.Filter):
-  """Drops orbax's error logs: a failed background write is logged with its traceback by
-  every thread it reached (hundreds on a full disk), and reaches the run as one
-  CheckpointError anyway."""
+  """Drops what a failed background write prints besides the one CheckpointError it becomes:
+  orbax's error logs, one with its traceback from every thread the failure reached, asyncio's
+  'Task exception was never retrieved' for each of orbax's failed writes, and the tracebacks
+  of tensorstore's callbacks that arrive after orbax closed its event loop (printed through
+  sys.excepthook; dozens on a full disk). Nothing else is dropped."""
+
+  def __init__(self):
+    super().__init__()
+    self.previous_excepthook = sys.excepthook
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
+    if record.levelno < logging.ERROR:
+      return True
+    if record.name == "asyncio":
+      return "orbax" not in record.getMessage()
+    return "orbax" not in record.pathname
+
+  def excepthook(self, kind, value, tb) -> None:
+    frames = traceback.extract_tb(tb)
+    if not (kind is RuntimeError and str(value) == "Event loop is closed" and frames
+            and frames[0].name == "call_soon_threadsafe"):
+      self.previous_excepthook(kind, value, tb)
 
 
 def _check_writable(directory) -> None:

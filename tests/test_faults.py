@@ -215,3 +215,24 @@ def test_ctrl_c_saves_like_sigterm_and_exits_130(tmp_path, fashion_mnist_data_di
   assert f"SIGINT: saving a checkpoint at step {saved} and stopping" in out
   assert out.strip().splitlines()[-1].startswith(f"stopped: SIGINT at step {saved} of 2000 "
                                                  "(checkpoint saved")
+
+
+@pytest.mark.slow  # starts train.py
+def test_a_full_disk_is_one_error_and_the_process_exits(tmp_path, fashion_mnist_data_dir):
+  """The workdir on a 200 kB tmpfs: metrics fit, the first checkpoint does not."""
+  workdir = tmp_path / "small_disk"
+  workdir.mkdir()
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(workdir)],
+                    capture_output=True).returncode:
+    pytest.skip("mounting a small tmpfs needs root (CAP_SYS_ADMIN)")
+  try:
+    result, seconds = run_patched(workdir / "run", fashion_mnist_data_dir, "",
+                                  "--config.widths=(16,32,64)")
+  finally:
+    subprocess.run(["umount", str(workdir)], capture_output=True)
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert seconds < 150
+  assert result.stderr.strip().splitlines() == [
+      f"error: saving the checkpoint of step 6 to {workdir}/run/checkpoints failed (OSError: "
+      "[Errno 28] No space left on device); no checkpoint is complete. Free space or fix the "
+      "folder's permissions, then run the same command to resume"], result.stderr[-3000:]

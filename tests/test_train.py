@@ -28,7 +28,8 @@ def test_train_py_end_to_end_and_resume(tmp_path, fashion_mnist_data_dir):
   assert "starting afresh" in first.stdout
   assert "step 24/24" in first.stdout and "img/s" in first.stdout and "ETA" in first.stdout
   lines = records(workdir)
-  assert [r["step"] for r in lines if "train_loss" in r] == [8, 16, 24]
+  # a record at each log line (8) and at each evaluation and checkpoint (12): no step is lost
+  assert [r["step"] for r in lines if "train_loss" in r] == [8, 12, 16, 24]
   evals = [r for r in lines if "eval_accuracy" in r]
   assert [r["step"] for r in evals] == [12, 24]
   assert all(r["eval_examples"] == 10_000 for r in evals)  # the whole test split, once
@@ -46,7 +47,7 @@ def test_train_py_end_to_end_and_resume(tmp_path, fashion_mnist_data_dir):
   assert second.returncode == 0, second.stderr[-3000:]
   assert "resuming at step 24" in second.stdout
   steps = [r["step"] for r in records(workdir) if "train_loss" in r]
-  assert steps == [8, 16, 24, 32, 36]
+  assert steps == [8, 12, 16, 24, 32, 36]
   assert [r["eval_examples"] for r in records(workdir) if "eval_accuracy" in r] == [
       10_000, 10_000, 2_000]
   assert "36" in os.listdir(workdir / "checkpoints")
@@ -130,7 +131,7 @@ def test_a_bug_keeps_its_traceback(tmp_path):
     ("widths", (32, 64), "must be 3 positive integers"),
     ("random_erasing", 1.5, "random_erasing must be a probability"),
     ("eval_examples", -1, "eval_examples must be >= 0"),
-    ("image_size", -1, "image_size must be a number of pixels, >= 0"),
+    ("image_size", -1, "image_size must be a number of pixels in \\[0, 4096\\]"),
     ("learning_rate", -1.0, "learning_rate must be positive, not -1.0"),
     ("momentum", 1.5, "momentum must be in \\[0, 1\\)"),
 ])
