@@ -197,6 +197,20 @@ def _check_writable(directory) -> None:
                           "is in the way, or choose another --workdir")
 
 
+def holds_checkpoints(directory: str) -> bool:
+  """Whether a checkpoints folder (local or gs://) holds a checkpoint; reads, writes nothing."""
+  path = fs.user_path(directory)
+  if not path.is_dir():
+    return False
+  manager = ocp.CheckpointManager(path, item_names=("state", "meta"),
+                                 options=ocp.CheckpointManagerOptions(create=False,
+                                                                      read_only=True))
+  try:
+    return bool(manager.all_steps())
+  finally:
+    manager.close()
+
+
 def read_state(directory: str, step: int | None = None):
   """The train state saved at `step` (default: the newest) in a checkpoints folder, as numpy
   arrays in a dict (step, params, batch_stats, opt_state, ...), for analysis outside a run."""

@@ -36,6 +36,7 @@ CHOICES = {
     "weight_decay_on": ("kernels", "all"),
     "half_precision_dtype": ("bfloat16", "float16"),
     "parallelism": parallel.MODES,
+    "trainable": ("all", "head"),
 }
 
 
@@ -57,6 +58,21 @@ def default_config() -> ml_collections.ConfigDict:
   # nets, slower steps after (benchmarks/README.md). Checkpoints hold the unrolled layout
   # either way, so a run may resume with the other setting.
   config.scan_blocks = False
+
+  # Fine-tuning (flax_resnet/init_from.py): a run that starts afresh takes its weights and
+  # BatchNorm statistics from init_from: a torchvision or timm weights file (.safetensors,
+  # .pth) of config.model, or the work directory of another run of this library (its
+  # checkpoint of init_from_step; 0: its newest). The classifier is kept where the number of
+  # classes is the same, and new (the model's own initialization) where it differs. A
+  # resumed run continues from its own checkpoint and does not read init_from.
+  config.init_from = ""                 # "": the model's own random initialization
+  config.init_from_step = 0
+  # Which parameters train: 'all', or 'head' (a linear probe: the classifier only; the rest
+  # gets no update nor weight decay, and its BatchNorm runs on, and keeps, its running
+  # statistics). backbone_lr_scale: with 'all', everything but the classifier learns at this
+  # multiple of the learning rate.
+  config.trainable = "all"
+  config.backbone_lr_scale = 1.0
 
   # Data (flax_resnet.data).
   config.dataset = "imagenet2012"       # imagenet2012 | cifar10 | fashion_mnist | image_folder
@@ -192,6 +208,8 @@ _RANGES = {
     "eval_every_steps": (lambda v: v >= 0, ">= 0 (0: once per epoch)"),
     "checkpoint_every_steps": (lambda v: v >= 0, ">= 0 (0: once per epoch)"),
     "keep_checkpoints": (lambda v: v > 0, "positive"),
+    "init_from_step": (lambda v: v >= 0, ">= 0 (0: the newest checkpoint)"),
+    "backbone_lr_scale": (lambda v: v > 0, "positive (1: the learning rate of the head)"),
 }
 
 
@@ -258,5 +276,11 @@ def check_config(config) -> None:
       config.half_precision_dtype == "float16"):
     raise ConfigError("config.grad_accum_steps > 1 does not combine with float16's dynamic "
                       "loss scaling; use half_precision_dtype='bfloat16' or grad_accum_steps=1")
+  if config.trainable == "head" and config.backbone_lr_scale != 1:
+    raise ConfigError("config.backbone_lr_scale applies to trainable='all'; with 'head' the "
+                      "backbone does not train: leave backbone_lr_scale at 1")
+  if config.init_from_step and not config.init_from:
+    raise ConfigError("config.init_from_step selects a checkpoint of config.init_from, "
+                      "which is empty; name the work directory to start from")
   if config.num_train_steps <= 0 and config.num_epochs <= 0:
     raise ConfigError("set config.num_epochs or config.num_train_steps to a positive number")

@@ -316,9 +316,10 @@ def from_torchvision(state_dict: Mapping[str, Any] | str | os.PathLike, model_na
       lambda **kw: _convertible_model(model_name, **kw), **overrides)
 
 
-def to_torchvision(variables: Mapping, model_name: str) -> dict[str, np.ndarray]:
+def to_torchvision(variables: Mapping, model_name: str, **overrides) -> dict[str, np.ndarray]:
   """torchvision's state dict (float32 numpy arrays, int64 num_batches_tracked) of `variables`
-  of `create_model(model_name)`, for `torchvision.models.<model_name>().load_state_dict(...,
-  strict=True)` (wrap each value in torch.from_numpy) or safetensors.numpy.save_file."""
+  of `create_model(model_name, **overrides)` (e.g. other widths), for
+  `torchvision.models.<model_name>().load_state_dict(..., strict=True)` (wrap each value in
+  torch.from_numpy) or safetensors.numpy.save_file."""
   return variables_to_state_dict(variables, TORCHVISION, model_name,
-                                 lambda **kw: _convertible_model(model_name, **kw))
+                                 lambda **kw: _convertible_model(model_name, **overrides, **kw))

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flax_resnet import cpu, fs, optim, scan_layout, workdir_lock
+from flax_resnet import cpu, fs, init_from, optim, scan_layout, workdir_lock
 from flax_resnet.checkpointing import Checkpointer
 from flax_resnet.config import model_fields
 from flax_resnet.errors import ConfigError, TrainingDiverged
@@ -110,8 +110,10 @@ def saved_with_ema(meta: dict[str, Any]) -> bool:
 
 def restore_or_initialize(checkpointer: Checkpointer, make_state: Callable, seed: int,
                           to_checkpoint: Callable, from_checkpoint: Callable,
-                          parallel: DataParallel, check_meta: Callable, ema: bool = False):
-  """The state of the newest readable checkpoint, or a fresh one from `seed`, on the devices.
+                          parallel: DataParallel, check_meta: Callable, ema: bool = False,
+                          start: dict | None = None):
+  """The state of the newest readable checkpoint, or a fresh one from `seed` (and the
+  pretrained variables `start`, see init_from.py), on the devices.
 
   A checkpoint is restored in the structure its run saved; then an EMA is started at the
   restored weights where `ema` is newly on, or dropped where it is now off.
@@ -126,7 +128,7 @@ def restore_or_initialize(checkpointer: Checkpointer, make_state: Callable, seed
   restored = checkpointer.restore_latest(lambda meta: abstracts[saved_with_ema(meta)],
                                          check_meta)
   if restored is None:
-    state = jax.jit(make_state, out_shardings=replicated)(jax.random.key(seed))
+    state = jax.jit(make_state, out_shardings=replicated)(jax.random.key(seed), start=start)
   else:
     state = from_checkpoint(restored[0])
     if ema and state.ema_params is None:
@@ -320,6 +322,9 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
   if not str(workdir).strip():  # e.g. --workdir=$UNSET: never the current folder in silence
     raise ConfigError("--workdir is empty; name the folder the run writes to")
   plan = plan_run(config, devices)  # raises ConfigError/DataError before anything is written
+  # config.init_from's weights, read and checked before anything is written (None: resuming)
+  start = init_from.initial_weights(config, build_model(config, plan.num_classes),
+                                    plan.info.image_shape, workdir)
   workdir = prepare_workdir(workdir)
   with contextlib.ExitStack() as stack:  # whatever happens, closed in the reverse order
     stack.enter_context(workdir_lock.hold(workdir))  # one run per workdir
@@ -329,13 +334,18 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
     stack.callback(checkpointer.close)  # saves finished, or failed in one CheckpointError
     changes: list[str] = []  # config fields changed since the checkpoint resumed from
 
+    training.meta["weights_from"] = start.source if start else (
+        f"the model's own initialization (seed {config.seed})")
+
     def check_meta(saved):  # called for each checkpoint tried, newest first
       changes[:] = check_same_run(saved, training.meta, workdir)
+      if "weights_from" in saved:  # a resumed run keeps the record of its start
+        training.meta["weights_from"] = saved["weights_from"]
 
     state, start_step = restore_or_initialize(
         checkpointer, training.make_state, config.seed, training.to_checkpoint,
         training.from_checkpoint, plan.parallel, check_meta=check_meta,
-        ema=training.settings.ema_decay > 0)
+        ema=training.settings.ema_decay > 0, start=start and start.variables)
     record_classes(workdir, config, plan.num_classes)  # WORKDIR/classes.json, for load()
     reporter = Reporter(workdir, plan.num_train_steps, config.batch_size, start_step)
     stack.callback(reporter.close)
@@ -343,8 +353,11 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
                  f"{config.batch_size} images over {plan.parallel.num_devices} devices "
                  f"({plan.parallel.mode}); " + (f"resuming at step {start_step}" if start_step
                                                 else "starting afresh"))
+    reporter.say(f"weights: {training.meta['weights_from']}")
     notes = list(plan.notes) + ([f"resuming with config changes: {', '.join(changes)}"]
                                 if start_step and changes else [])
+    if start_step and config.init_from:
+      notes.append("config.init_from is not read: the run resumes from its own checkpoint")
     for note in notes:
       reporter.say(f"note: {note}")
     last_eval, step, stopped_by = train(config, plan, training, state, start_step,

@@ -85,7 +85,52 @@ def weight_decay_mask(params, on: str):
       lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
 
 
+# The classifier's module name in models.ResNet: "the head"; every other parameter is "the
+# backbone".
+HEAD = "fc"
+
+
+def is_head(path) -> bool:
+  """Whether the parameter at `path` (a jax tree path from the top of params) is the head's."""
+  return getattr(path[0], "key", None) == HEAD
+
+
+def parameter_groups(params):
+  """'head' or 'backbone' for each parameter (optax.multi_transform's labels)."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: "head" if is_head(path) else "backbone", params)
+
+
+def stop_backbone_gradient(params):
+  """`params` with the backbone's behind jax.lax.stop_gradient: a loss of them
+  differentiates through the head only (and the backward pass skips the backbone)."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, p: p if is_head(path) else jax.lax.stop_gradient(p), params)
+
+
+def keep_backbone(new_params, old_params):
+  """The head of `new_params` with the backbone of `old_params`, the very arrays."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, new, old: new if is_head(path) else old, new_params, old_params)
+
+
 def create_optimizer(config, learning_rate_fn: optax.Schedule) -> optax.GradientTransformation:
+  """The optimizer of `config` (`base_optimizer`) over the parameters that train:
+  config.trainable 'head' updates the head only (the backbone gets no step, no momentum and
+  no weight decay); with 'all', config.backbone_lr_scale scales the backbone's updates, which
+  for SGD and LARS is that multiple of the learning rate."""
+  tx = base_optimizer(config, learning_rate_fn)
+  if config.trainable == "head":
+    return optax.multi_transform({"head": tx, "backbone": optax.set_to_zero()},
+                                 parameter_groups)
+  if config.backbone_lr_scale != 1:
+    return optax.multi_transform(
+        {"head": tx, "backbone": optax.chain(tx, optax.scale(config.backbone_lr_scale))},
+        parameter_groups)
+  return tx
+
+
+def base_optimizer(config, learning_rate_fn: optax.Schedule) -> optax.GradientTransformation:
   """config.optimizer: 'sgd', with (Nesterov) momentum and weight decay added to the gradient
   as torch.optim.SGD, or 'lars' (optax.lars).
 

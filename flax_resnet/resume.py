@@ -10,8 +10,11 @@ workdir compares itself with them (`check_same_run`) before it restores anything
 - any other training field changed (the learning rate, the schedule, the number of steps,
   augmentation, regularization): allowed, and listed in one note that the run prints, so a
   change is never silent.
+- which parameters train (config.trainable, and whether config.backbone_lr_scale is 1): refused,
+  as the optimizer state's layout depends on them.
 - bookkeeping (`BOOKKEEPING`: logging, evaluation, checkpointing, data location, the
-  parallelism and the scan layout, which checkpoints do not depend on): free.
+  parallelism and the scan layout, which checkpoints do not depend on) and where a fresh
+  run's weights come from (`START_ONLY`: a resumed run does not read them): free.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ BOOKKEEPING = frozenset({
     "data_dir", "fashion_mnist_source_dir", "prefetch", "cache", "eval_batch_size",
     "eval_examples", "eval_flip", "imagenet_eval_crop", "image_folder_check", "parallelism",
     "scan_blocks"})
+# Fields a run reads only when it starts afresh (init_from.py).
+START_ONLY = frozenset({"init_from", "init_from_step"})
 # Fields compared on their own below (model, widths, dataset, classes, image shape).
 _IDENTITY = frozenset({"model", "widths", "dataset", "num_classes", "image_size"})
 
@@ -61,9 +66,22 @@ def check_same_run(saved: dict[str, Any], meta: dict[str, Any], workdir: str) ->
         f"this config has batch_size {batches[1]} and shape {shapes[1]}. A resumed run keeps "
         "both (the sample order, the steps per epoch and the scaled learning rate depend on "
         "them): use the config that wrote the checkpoints, or another --workdir")
-  skip = BOOKKEEPING | _IDENTITY | {"batch_size"}
+  groups = [_parameter_groups(c) for c in (old, new)]
+  if groups[0] != groups[1]:
+    raise CheckpointError(
+        f"{workdir} holds a run of {groups[0]}; this config has {groups[1]}. The optimizer "
+        "state's layout depends on which parameters train and how: keep the run's "
+        "config.trainable and backbone_lr_scale (1 or not), or use another --workdir")
+  skip = BOOKKEEPING | START_ONLY | _IDENTITY | {"batch_size"}
   return [f"{k} {old[k]!r} -> {new[k]!r}" for k in sorted(new)
           if k not in skip and k in old and old[k] != new[k]]
+
+
+def _parameter_groups(config: dict[str, Any]) -> str:
+  """What decides the optimizer state's layout (optim.create_optimizer), in words."""
+  trainable = config.get("trainable", "all")
+  scaled = trainable == "all" and config.get("backbone_lr_scale", 1.0) != 1
+  return f"trainable={trainable!r}" + (" with a backbone_lr_scale" if scaled else "")
 
 
 def _plain(config: dict[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import optax
 from flax import struct
 from flax.training import dynamic_scale as dynamic_scale_lib
 
-from flax_resnet import mixing
+from flax_resnet import mixing, optim
 from flax_resnet.parallel import AXIS
 
 
@@ -44,9 +44,15 @@ class TrainState(struct.PyTreeNode):
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, image_shape,
-                       rng: jax.Array, use_loss_scaling: bool = False,
-                       ema: bool = False) -> TrainState:
+                       rng: jax.Array, use_loss_scaling: bool = False, ema: bool = False,
+                       start: dict | None = None) -> TrainState:
+  """Step 0 of training `model`: its own initialization from `rng`, where `start` (pretrained
+  {'params': ..., 'batch_stats': ...} in the model's layout, see init_from.py) does not give
+  a module's variables; the optimizer state and an EMA start at the resulting weights."""
   variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  if start is not None:
+    variables = {collection: {**tree, **start.get(collection, {})}
+                 for collection, tree in variables.items()}
   params = variables["params"]
   state = TrainState(
       step=jnp.zeros((), jnp.int32),
@@ -137,6 +143,10 @@ class StepSettings:
   cutmix_alpha: float = 0.0
   mixup_switch_prob: float = 0.5
   grad_accum_steps: int = 1
+  # False (config.trainable 'head', a linear probe): only the classifier trains; the backbone
+  # runs as in evaluation (BatchNorm on its running statistics, no stochastic depth), gets no
+  # gradient, and its parameters and statistics leave the step unchanged, bit for bit.
+  train_backbone: bool = True
 
   @classmethod
   def from_config(cls, config, model: nn.Module, tx: optax.GradientTransformation,
@@ -145,7 +155,8 @@ class StepSettings:
                label_smoothing=config.label_smoothing, seed=config.seed,
                ema_decay=config.ema_decay, mixup_alpha=config.mixup_alpha,
                cutmix_alpha=config.cutmix_alpha, mixup_switch_prob=config.mixup_switch_prob,
-               grad_accum_steps=config.grad_accum_steps)
+               grad_accum_steps=config.grad_accum_steps,
+               train_backbone=config.trainable == "all")
 
 
 def train_step(state: TrainState, batch, settings: StepSettings):
@@ -159,7 +170,9 @@ def train_step(state: TrainState, batch, settings: StepSettings):
   (`mixing.dominant_labels`). With `ema_decay` > 0 the state must hold an EMA (`with_ema`),
   updated after the optimizer step. With grad_accum_steps k > 1 the shard is split into k
   micro-batches whose gradients are averaged before the one update (accumulated_grads);
-  BatchNorm then sees (and synchronizes) one micro-batch at a time.
+  BatchNorm then sees (and synchronizes) one micro-batch at a time. Without
+  `train_backbone` the classifier alone learns, on the features of the backbone run as in
+  evaluation, whose parameters and BatchNorm statistics stay as they were.
   """
   model, tx, num_classes = settings.model, settings.tx, settings.num_classes
   label_smoothing, ema_decay = settings.label_smoothing, settings.ema_decay
@@ -178,11 +191,17 @@ def train_step(state: TrainState, batch, settings: StepSettings):
     accuracy_labels = labels
 
   def loss_fn(params, batch_stats, micro_batch, index):
-    logits, updates = model.apply({"params": params, "batch_stats": batch_stats},
-                                  micro_batch["image"], train=True, mutable=["batch_stats"],
-                                  rngs={"dropout": jax.random.fold_in(dropout_key, index)})
+    variables = {"params": params, "batch_stats": batch_stats}
+    if settings.train_backbone:
+      logits, updates = model.apply(variables, micro_batch["image"], train=True,
+                                    mutable=["batch_stats"],
+                                    rngs={"dropout": jax.random.fold_in(dropout_key, index)})
+      batch_stats = updates.get("batch_stats", {})
+    else:  # a linear probe: the backbone as in evaluation, differentiated through the head only
+      variables["params"] = optim.stop_backbone_gradient(params)
+      logits = model.apply(variables, micro_batch["image"], train=False)
     loss = jnp.mean(optax.softmax_cross_entropy(logits, micro_batch["targets"]))
-    return loss, (logits, updates.get("batch_stats", {}))
+    return loss, (logits, batch_stats)
 
   inputs = {"image": images, "targets": targets}
 
@@ -197,8 +216,11 @@ def train_step(state: TrainState, batch, settings: StepSettings):
     grads = jax.lax.pmean(grads, AXIS)
 
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                            batch_stats=batch_stats, opt_state=opt_state)
+  params = optax.apply_updates(state.params, updates)
+  if not settings.train_backbone:  # p + 0 may turn -0.0 into 0.0: keep the arrays themselves
+    params = optim.keep_backbone(params, state.params)
+  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                            opt_state=opt_state)
   if ema_decay > 0:
     new_state = new_state.replace(
         ema_params=ema_update(state.ema_params, new_state.params, ema_decay),

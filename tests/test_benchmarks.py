@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow  # starts train.py or trains: `pytest -m 'not slow'` skips it
@@ -110,3 +111,21 @@ def test_convolution_benchmark_rewrites_compute_the_same_convolution_and_gradien
       np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=name)
   with pytest.raises(SystemExit, match="needs --stride=1"):
     convolution.main(["--stride=2", "--formulation=width_taps"])
+
+
+def test_fashion_mnist_folders_holds_the_chosen_classes_in_label_order(tmp_path):
+  from flax_resnet.data.fashion_mnist import DEFAULT_SOURCE_DIR, find_idx_files, read_idx
+  result = subprocess.run(
+      [sys.executable, "benchmarks/fashion_mnist_folders.py", str(tmp_path), "--classes=7,5",
+       "--per_class=3"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "6 training and 2000 validation images" in result.stdout  # 1,000 test images a class
+  assert sorted(os.listdir(tmp_path / "train")) == ["5 Sandal", "7 Sneaker"]
+  files = find_idx_files(DEFAULT_SOURCE_DIR)
+  images = read_idx(files["train-images-idx3-ubyte"])
+  labels = read_idx(files["train-labels-idx1-ubyte"])
+  first = int(np.flatnonzero(labels == 5)[0])  # the first sandal of the training file
+  from PIL import Image
+  saved = np.asarray(Image.open(tmp_path / "train" / "5 Sandal" / f"{first:05d}.png"))
+  np.testing.assert_array_equal(saved, images[first])
+  assert len(os.listdir(tmp_path / "train" / "5 Sandal")) == 3

@@ -49,3 +49,18 @@ def test_other_training_changes_are_listed_and_bookkeeping_is_free():
   # checkpoints of runs that recorded no config or image shape are compared by identity only
   old = {k: v for k, v in saved.items() if k not in ("config", "image_shape")}
   assert check_same_run(old, _meta(batch_size=64), "w") == []
+
+
+def test_init_from_is_free_and_the_trained_parameter_groups_are_kept():
+  saved = _meta(init_from="a.safetensors", trainable="all", backbone_lr_scale=0.1)
+  assert check_same_run(saved, _meta(init_from="b", init_from_step=3, trainable="all",
+                                     backbone_lr_scale=0.1), "w") == []
+  assert check_same_run(saved, _meta(backbone_lr_scale=0.2), "w") == [
+      "backbone_lr_scale 0.1 -> 0.2"]
+  for change in ({"trainable": "head"}, {"backbone_lr_scale": 1.0}):
+    with pytest.raises(CheckpointError, match="The optimizer state's layout depends"):
+      check_same_run(saved, _meta(**change), "w")
+  # a run that recorded no trainable field trained all parameters at one rate
+  old = _meta()
+  del old["config"]["trainable"], old["config"]["backbone_lr_scale"]
+  assert check_same_run(old, _meta(), "w") == []
