@@ -169,8 +169,8 @@ def summarize(name: str, run_dir: str, data_dir: str | None) -> dict:
           "layer_responses": [round(float(s), 5) for s in responses],
           "initial_logit_std": round(first_step["logit_std"], 4),
           "initial_loss": round(first_step["loss"], 4),
-          "initial_kernel_norm": round(kernel_norm(initial["params"]), 2),
-          "final_kernel_norm": round(kernel_norm(state["params"]), 2),
+          "initial_kernel_norm": round(kernel_norm(initial["params"]), 4),
+          "final_kernel_norm": round(kernel_norm(state["params"]), 4),
           "wall_seconds": round(info.get("wall_seconds", 0.0)), "machine": info.get("machine")}
 
 
