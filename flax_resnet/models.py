@@ -379,12 +379,13 @@ class ResNet(nn.Module):
     expected = "a batch of NHWC images, (batch, height, width, channels)"
     if len(shape) != 4:
       raise ValueError(f"ResNet takes {expected}; got an input of shape {shape}")
-    if shape[1] <= 4 < shape[3]:
+    known = all(isinstance(d, int) for d in shape[1:])  # exporters may trace symbolic sizes
+    if known and shape[1] <= 4 < shape[3]:
       raise ValueError(f"ResNet takes {expected}; the input of shape {shape} looks "
                        "channels-first (NCHW): transpose it with x.transpose(0, 2, 3, 1)")
     stem = self.variables.get("params", {}).get("stem", {})
     kernels = [v["kernel"] for k, v in sorted(stem.items()) if "kernel" in v]
-    if kernels and kernels[0].shape[-2] != shape[3]:
+    if known and kernels and kernels[0].shape[-2] != shape[3]:
       raise ValueError(f"this model's stem takes {kernels[0].shape[-2]}-channel images as "
                        f"{expected}; got an input of shape {shape} with {shape[3]} channels")
 
