@@ -18,8 +18,8 @@ OUT/NAME/VARIANT.json: the training loss and accuracy of every step. Variants:
   pytorch      round_one's weights, recipe and batches, trained by torch.optim.SGD on the
                PyTorch twin (reproduce/torch_twin.py); needs torch
 
-`--report` prints the table of mean losses over steps 1-25, 26-50, 51-100 and 101-300 that
-reproduce/README.md shows.
+`--report` prints the table of mean losses over steps 1-25, 26-50, 51-100 and 101-300 of
+the runs done.
 """
 
 from __future__ import annotations
@@ -76,12 +76,11 @@ def train(run: str, variant: str, steps: int) -> dict:
   config = variant_config(run, "round_one" if variant == "pytorch" else variant)
   plan = plan_run(config)
   shape = plan.info.image_shape
-  args = (config, plan.num_classes, shape, plan.num_train_steps, plan.steps_per_epoch)
-  initial = None
+  ours = OurTrainer(config, plan.num_classes, shape, plan.num_train_steps, plan.steps_per_epoch)
+  initial = ours.variables
   if variant != "torch_init":
-    probe = OurTrainer(*args)
-    initial = flax_classifier(probe.variables, config.seed)
-  ours = OurTrainer(*args, initial=initial)
+    initial = flax_classifier(initial, config.seed)
+    ours.restart_from(initial)
   batches = pipeline.create_train_iterator(config)
   log = {"run": run, "variant": variant, "loss": [], "accuracy": [], "learning_rate": []}
   start = time.time()

@@ -22,19 +22,16 @@ from flax_resnet.step import StepSettings, create_train_state, train_step
 class OurTrainer:
   """The training of `config` (its model, optimizer, schedule, seed and parallelism) on
   batches given one at a time. The schedule has `num_steps` steps of `steps_per_epoch`
-  (default: all in one epoch); `initial` ({'params', 'batch_stats'}) replaces the weights the
-  run would start from."""
+  (default: all in one epoch)."""
 
   def __init__(self, config, num_classes: int, image_shape, num_steps: int,
-               steps_per_epoch: int | None = None, initial: dict | None = None):
+               steps_per_epoch: int | None = None):
     self.model = loop.build_model(config, num_classes)
     self.learning_rate_fn = optim.create_learning_rate_fn(
         config, steps_per_epoch or num_steps, num_steps)
     tx = optim.create_optimizer(config, self.learning_rate_fn)
+    self._tx = tx
     state = create_train_state(self.model, tx, image_shape, jax.random.key(config.seed))
-    if initial is not None:
-      state = state.replace(params=initial["params"], batch_stats=initial["batch_stats"],
-                            opt_state=tx.init(initial["params"]))
     self.parallel = DataParallel(config.parallelism)
     self.parallel.check_batch_size(config.batch_size)
     self._state = self.parallel.put_state(state)
@@ -48,6 +45,13 @@ class OurTrainer:
     state = self.parallel.get_state(self._state)
     return jax.tree.map(lambda x: np.asarray(x, np.float64),
                         {"params": state.params, "batch_stats": state.batch_stats})
+
+  def restart_from(self, variables: dict) -> None:
+    """Starts again from `variables` ({'params', 'batch_stats'}), the optimizer afresh."""
+    state = self.parallel.get_state(self._state)
+    self._state = self.parallel.put_state(state.replace(
+        step=jax.numpy.zeros_like(state.step), params=variables["params"],
+        batch_stats=variables["batch_stats"], opt_state=self._tx.init(variables["params"])))
 
   def step(self, images: np.ndarray, labels: np.ndarray) -> dict:
     """One step on NHWC float32 `images`; the step's metrics (loss before the update)."""

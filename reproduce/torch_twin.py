@@ -110,7 +110,7 @@ class TorchResNet(nn.Module):
 _BN_NAMES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
 
 
-def _torch_name(collection: str, path: tuple[str, ...]) -> str:
+def _torch_name(path: tuple[str, ...]) -> str:
   *module, leaf = path
   if leaf == "kernel":
     leaf = "weight"
@@ -137,7 +137,7 @@ def load_variables(module: TorchResNet, variables) -> None:
   loaded = set()
   for collection in ("params", "batch_stats"):
     for path, value in traverse_util.flatten_dict(variables[collection]).items():
-      name = _torch_name(collection, path)
+      name = _torch_name(path)
       tensor = torch.from_numpy(np.array(_to_torch_layout(path[-1],
                                                                        np.asarray(value))))
       if state[name].shape != tensor.shape:
@@ -158,7 +158,7 @@ def variables(module: nn.Module, like) -> dict:
   for collection in ("params", "batch_stats"):
     flat = {}
     for path in traverse_util.flatten_dict(like[collection]):
-      value = state[_torch_name(collection, path)].detach().double().numpy()
+      value = state[_torch_name(path)].detach().double().numpy()
       flat[path] = _from_torch_layout(path[-1], value)
     out[collection] = traverse_util.unflatten_dict(flat)
   return out
@@ -209,8 +209,7 @@ def paper_sgd(module: nn.Module, lr: float, momentum: float = 0.9,
   if decay == "all":
     return torch.optim.SGD(module.parameters(), lr=lr, momentum=momentum,
                            weight_decay=weight_decay)
-  kernels = [p for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))
-             for p in [m.weight]]
+  kernels = [m.weight for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
   others = [p for p in module.parameters() if all(p is not k for k in kernels)]
   return torch.optim.SGD([{"params": kernels, "weight_decay": weight_decay},
                           {"params": others, "weight_decay": 0.0}], lr=lr, momentum=momentum)
