@@ -19,14 +19,14 @@ import math
 
 import ml_collections
 
-from flax_resnet import models, named_models, parallel, stochastic_depth
+from flax_resnet import model_checks, named_models, parallel, stochastic_depth
 from flax_resnet.data.catalog import DATASETS, DEBIAN_FASHION_MNIST_DIR
 from flax_resnet.errors import ConfigError
 
 # Allowed values of the fields that take a name. Model and dataset names are the keys of
 # named_models.MODEL_SPECS and data.catalog.DATASETS; the options a module owns are its own.
 CHOICES = {
-    "shortcut": ("",) + models.SHORTCUT_OPTIONS,  # "": the model's own
+    "shortcut": ("",) + model_checks.SHORTCUT_OPTIONS,  # "": the model's own
     "imagenet_train_augmentation": ("paper", "inception"),
     "imagenet_eval_crop": ("center", "ten_crop"),
     "image_folder_check": ("auto", "full", "header", "lazy"),

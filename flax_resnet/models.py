@@ -17,14 +17,15 @@ All modules take NHWC input and are pure Flax Linen: `model.init(rng, x, train=F
 from __future__ import annotations
 
 import functools
-import numbers
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from flax_resnet.stochastic_depth import RATE_RANGE, DropPath, drop_path_rates
+from flax_resnet import model_checks
+from flax_resnet.model_checks import SHORTCUT_OPTIONS, STEMS
+from flax_resnet.stochastic_depth import DropPath, drop_path_rates
 
 Dtype = Any
 ModuleDef = Callable[..., nn.Module]
@@ -33,10 +34,6 @@ ModuleDef = Callable[..., nn.Module]
 # the fan torchvision and fb.resnet.torch use.
 he_normal = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
-SHORTCUT_OPTIONS = ("A", "B", "C")
-SHORTCUT_DOWNSAMPLES = ("stride", "avg_pool")
-STEMS = ("imagenet", "deep", "cifar")
-PADDING_MODES = ("symmetric", "same")
 SCANNED_BLOCKS = "blocks"  # name of a stage's scanned blocks 2..N (see `Stage`)
 
 
@@ -348,46 +345,11 @@ class ResNet(nn.Module):
   shortcut_downsample: str = "stride"
   drop_path_rate: float = 0.0
 
-  def _check_fields(self):
-    """Called at the top of __call__: a field out of range fails with its name."""
-    if len(self.stage_sizes) != len(self.widths):
-      raise ValueError(f"stage_sizes {tuple(self.stage_sizes)} and widths "
-                       f"{tuple(self.widths)} must have the same length")
-    if self.shortcut not in SHORTCUT_OPTIONS:
-      raise ValueError(f"unknown shortcut option {self.shortcut!r}; use one of "
-                       f"{SHORTCUT_OPTIONS}")
-    if self.padding not in PADDING_MODES:
-      raise ValueError(f"unknown padding {self.padding!r}; use one of {PADDING_MODES}")
-    if self.shortcut_downsample not in SHORTCUT_DOWNSAMPLES:
-      raise ValueError(f"unknown shortcut_downsample {self.shortcut_downsample!r}; use one "
-                       f"of {SHORTCUT_DOWNSAMPLES}")
-    if not (isinstance(self.num_classes, numbers.Integral) and self.num_classes >= 1):
-      raise ValueError(f"num_classes must be a positive integer, not {self.num_classes!r}")
-    if not RATE_RANGE[0](self.drop_path_rate):
-      raise ValueError(f"drop_path_rate must be {RATE_RANGE[1]}, not {self.drop_path_rate}")
-    if self.drop_path_rate and not self.block_cls.residual:
-      raise ValueError(f"drop_path_rate needs residual blocks; {self.block_cls.__name__} "
-                       "has no shortcut to fall back on")
-
-  def _check_input(self, x):
-    """A ValueError naming the expected layout for an input that is not a batch of NHWC
-    images: not 4-D; channels-first (NCHW), seen as a second axis of at most 4 (the channels
-    of a grey, RGB or RGBA image) before a last axis above 4, which read as NHWC would be
-    pictures at most 4 pixels high; or, once initialized, a channel count other than the
-    stem's."""
-    shape = tuple(jnp.shape(x))
-    expected = "a batch of NHWC images, (batch, height, width, channels)"
-    if len(shape) != 4:
-      raise ValueError(f"ResNet takes {expected}; got an input of shape {shape}")
-    known = all(isinstance(d, int) for d in shape[1:])  # exporters may trace symbolic sizes
-    if known and shape[1] <= 4 < shape[3]:
-      raise ValueError(f"ResNet takes {expected}; the input of shape {shape} looks "
-                       "channels-first (NCHW): transpose it with x.transpose(0, 2, 3, 1)")
+  def _stem_channels(self) -> int | None:
+    """The input channels of the stem's first kernel, once initialized."""
     stem = self.variables.get("params", {}).get("stem", {})
     kernels = [v["kernel"] for k, v in sorted(stem.items()) if "kernel" in v]
-    if known and kernels and kernels[0].shape[-2] != shape[3]:
-      raise ValueError(f"this model's stem takes {kernels[0].shape[-2]}-channel images as "
-                       f"{expected}; got an input of shape {shape} with {shape[3]} channels")
+    return kernels[0].shape[-2] if kernels else None
 
   @nn.compact
   def __call__(self, x, train: bool = False, return_features: bool = False):
@@ -396,8 +358,8 @@ class ResNet(nn.Module):
 
     `x` is a batch of NHWC images; an input of another rank, a channels-first one, or one
     with other channels than the stem's kernel raises a ValueError that says so."""
-    self._check_fields()
-    self._check_input(x)
+    model_checks.check_fields(self)
+    model_checks.check_input(x, self._stem_channels())
     conv = functools.partial(self.conv, use_bias=False, dtype=self.dtype, kernel_init=he_normal)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                              momentum=self.bn_momentum, epsilon=self.bn_epsilon,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from flax_resnet import model_checks
 from flax_resnet.models import BasicBlock, BottleneckBlock, PlainBasicBlock, ResNet
 from flax_resnet.preact import PreActBasicBlock, PreActBottleneckBlock
 
@@ -82,7 +83,7 @@ def create_model(name: str, **overrides) -> ResNet:
     raise ValueError(f"unknown ResNet field(s) {unknown} for model {name!r}; "
                      f"valid fields: {sorted(fields)}")
   model = ResNet(**{**spec, **overrides})
-  model._check_fields()  # a value out of range fails here, not at the model's first call
+  model_checks.check_fields(model)  # a value out of range fails here, not at its first call
   return model
 
 
