@@ -249,7 +249,8 @@ def train(config, plan: RunPlan, training: Training, state, start_step: int,
   metrics = MetricsBuffer(parallel.get_metrics, reporter.write, checkpointer)
 
   def run_evaluation(step: int) -> dict[str, Any]:
-    result = evaluate(training.p_eval, state, pipeline.create_eval_iterator(config), parallel)
+    batches = pipeline.create_eval_iterator(config, info=plan.info)
+    result = evaluate(training.p_eval, state, batches, parallel)
     line = (f"step {step}: eval accuracy {result['eval_accuracy']:.4f}, top-5 "
             f"{result['eval_top5_accuracy']:.4f}, loss {result['eval_loss']:.4f}")
     if "ema_eval_accuracy" in result:
@@ -269,7 +270,7 @@ def train(config, plan: RunPlan, training: Training, state, start_step: int,
     return run_evaluation(start_step), start_step, None
 
   last_eval: dict[str, Any] = {}
-  train_iter = pipeline.create_train_iterator(config, start_step=start_step)
+  train_iter = pipeline.create_train_iterator(config, start_step=start_step, info=plan.info)
   step = start_step
   with Preemption() as preemption:
     while step < num_train_steps:

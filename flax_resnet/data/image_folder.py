@@ -53,7 +53,7 @@ class ImageFolder:
 
 
 _scans: dict[str, tuple[tuple, ImageFolder]] = {}  # root -> (folder signature, scan)
-_checked: set[tuple] = set()  # signatures of folders whose images passed a full check
+_checked: set[tuple] = set()  # (folder signature, mode) of the checks passed
 
 
 def _subfolders(path) -> list[str]:
@@ -198,26 +198,25 @@ def find_bad_images(paths) -> list[tuple[str, str]]:
 
 def check(folder: ImageFolder, mode: str) -> None:
   """Raises bad_images_error for the folder's bad files, as thoroughly as `mode` says:
-  'full' decodes every image (in parallel, once per unchanged folder), 'header' reads each
-  file's first bytes, 'lazy' reads nothing here (the pipeline names a file it fails to decode);
-  'auto' is 'full' up to FULL_CHECK_LIMIT images and 'lazy' beyond (config.image_folder_check,
-  one of config.CHOICES['image_folder_check'])."""
+  'full' decodes every image (in parallel), 'header' reads each file's first bytes, each once
+  per unchanged folder and process; 'lazy' reads nothing here (the pipeline names a file it
+  fails to decode); 'auto' is 'full' up to FULL_CHECK_LIMIT images and 'lazy' beyond
+  (config.image_folder_check, one of config.CHOICES['image_folder_check'])."""
   paths = np.concatenate([folder.train.paths, folder.eval.paths])
   if mode == "auto":
     mode = "full" if len(paths) <= FULL_CHECK_LIMIT else "lazy"
   if mode == "lazy":
     return
+  signature = _scans[folder.root][0]
+  if (signature, mode) in _checked or (signature, "full") in _checked:
+    return  # this unchanged folder passed this check (or the fuller one) in this process
   if mode == "header":
     problems = [(str(p), why) for p in paths if (why := header_problem(str(p)))]
   else:
-    signature = _scans[folder.root][0]
-    if signature in _checked:
-      return
     problems = find_bad_images(paths[_undecodable(paths)])
   if problems:
     raise bad_images_error(problems)
-  if mode == "full":
-    _checked.add(signature)
+  _checked.add((signature, mode))
 
 
 def _undecodable(paths: np.ndarray) -> np.ndarray:

@@ -104,14 +104,15 @@ def _read(builder, split, decoders, *, shuffle_seed: int | None) -> tf.data.Data
 
 
 def create_train_iterator(config, *, start_step: int = 0, process_index=None,
-                          process_count=None) -> Iterator[dict[str, np.ndarray]]:
+                          process_count=None, info=None) -> Iterator[dict[str, np.ndarray]]:
   """Endless per-host training batches {'image': float32 (B, H, W, C), 'label': int32 (B,)}.
 
   B = config.batch_size // process_count. The batch yielded first is batch `start_step` of the
   stream that start_step=0 yields, for the same config.seed and process layout.
   config.cache holds the host's decoded split in memory and draws each epoch as an exact random
   permutation; otherwise examples stream from the TFDS files with a per-epoch file order and a
-  shuffle buffer of config.shuffle_buffer_size.
+  shuffle buffer of config.shuffle_buffer_size. `info`: the run's DatasetInfo where it has
+  one (RunPlan.info), else worked out from the config.
   """
   process_index, process_count = sharding.process(process_index, process_count)
   if start_step < 0:
@@ -121,7 +122,7 @@ def create_train_iterator(config, *, start_step: int = 0, process_index=None,
   if config.dataset == "image_folder":
     return image_folder.train_iterator(config, preprocess, start_step, process_index,
                                        process_count)
-  info = dataset_info(config)
+  info = info or dataset_info(config)
   batch = sharding.train_batch(config, process_count)
   builder = datasets.prepared_builder(config)
   split = tfds.split_for_jax_process(info.train_split, process_index=process_index,
@@ -196,18 +197,19 @@ def _streamed_epoch_dataset(builder, split, preprocess: _Preprocessors, epoch_se
   return ds.batch(batch, drop_remainder=True)
 
 
-def create_eval_iterator(config, *, process_index=None,
-                         process_count=None) -> Iterator[dict[str, np.ndarray]]:
+def create_eval_iterator(config, *, process_index=None, process_count=None,
+                         info=None) -> Iterator[dict[str, np.ndarray]]:
   """One pass over this host's share of the eval split, in per-host batches of
   config.eval_batch_size // process_count: {'image', 'label', 'mask'}, mask 1.0 for real examples
   and 0.0 for padding. All hosts yield the same number of batches; together they cover each
   example of the split exactly once. ImageNet ten_crop images are (B, 10, H, W, 3), and
-  config.eval_flip's (B, 2, H, W, C): the image and its mirror."""
+  config.eval_flip's (B, 2, H, W, C): the image and its mirror. `info` as in
+  create_train_iterator."""
   process_index, process_count = sharding.process(process_index, process_count)
   preprocess = _preprocessors(config)
   if config.dataset == "image_folder":
     return image_folder.eval_iterator(config, preprocess, process_index, process_count)
-  info = dataset_info(config)
+  info = info or dataset_info(config)
   batch = sharding.eval_batch(config, process_count)
   builder = datasets.prepared_builder(config)
   host_splits = tfds.even_splits(info.eval_split, n=process_count, drop_remainder=False)
