@@ -90,6 +90,23 @@ def _records(run_dir):
   return read_metrics(run_dir) if os.path.exists(os.path.join(run_dir, "metrics.jsonl")) else []
 
 
+def steps_weighted_mean(records, key: str, after: int) -> float:
+  """The mean of `key` over the steps after `after`, each record weighted by the steps it
+  covers: a record holds the mean of the steps since the record before it (a log line, or
+  the steps flushed at an evaluation or a checkpoint), so records cover unequal spans."""
+  total = weight = 0.0
+  previous = 0
+  for r in sorted((r for r in records if key in r), key=lambda r: r["step"]):
+    covered = r["step"] - max(previous, after)
+    if covered > 0:
+      total += covered * r[key]
+      weight += covered
+    previous = r["step"]
+  if not weight:
+    raise ValueError(f"no record of {key} after step {after}")
+  return total / weight
+
+
 def is_finished(run_dir: str) -> bool:
   return bool(_read_json(os.path.join(run_dir, "run.json"), {}).get("finished"))
 
@@ -140,7 +157,6 @@ def summarize(name: str, run_dir: str, data_dir: str | None) -> dict:
   records = _records(run_dir)
   steps = max(r["step"] for r in records)
   epoch = datasets.steps_per_epoch(config, process_count=1)
-  last_epoch = [r for r in records if "train_accuracy" in r and r["step"] > steps - epoch]
   final_eval = [r for r in records if "eval_accuracy" in r][-1]
   size = catalog.image_size(config)
   model = create_model(config.model, num_classes=10, **model_fields(config))
@@ -162,7 +178,7 @@ def summarize(name: str, run_dir: str, data_dir: str | None) -> dict:
   return {"name": name, "model": config.model,
           "shortcut": None if config.model.startswith(("plain", "cifar_plain")) else model.shortcut,
           "image_size": size, "steps": steps,
-          "train_error": 1 - float(np.mean([r["train_accuracy"] for r in last_epoch])),
+          "train_error": 1 - steps_weighted_mean(records, "train_accuracy", steps - epoch),
           "test_error": 1 - final_eval["eval_accuracy"],
           "params": count_params(model, (1, size, size, 1)),
           "mean_layer_response": float(np.mean(responses)),

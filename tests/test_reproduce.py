@@ -63,3 +63,18 @@ def test_runner_trains_skips_finished_runs_and_reports(tmp_path, fashion_mnist_d
                           text=True, timeout=900)
   assert second.returncode == 0, second.stderr[-2000:]
   assert second.stdout.count("finished, skipped") == 2
+
+
+def test_the_training_error_weights_each_record_by_the_steps_it_covers():
+  sys.path.insert(0, ROOT)
+  from reproduce.run import steps_weighted_mean
+  records = [{"step": 25, "train_accuracy": 0.5}, {"step": 30, "eval_accuracy": 0.1},
+             {"step": 50, "train_accuracy": 0.6}, {"step": 53, "train_accuracy": 0.9},
+             {"step": 75, "train_accuracy": 0.7}]
+  # steps 41-50 at 0.6, 51-53 at 0.9, 54-75 at 0.7
+  assert steps_weighted_mean(records, "train_accuracy", 40) == pytest.approx(
+      (10 * 0.6 + 3 * 0.9 + 22 * 0.7) / 35)
+  assert steps_weighted_mean(records, "train_accuracy", 0) == pytest.approx(
+      (25 * 0.5 + 25 * 0.6 + 3 * 0.9 + 22 * 0.7) / 75)
+  with pytest.raises(ValueError):
+    steps_weighted_mean(records, "train_accuracy", 75)
