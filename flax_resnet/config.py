@@ -180,7 +180,8 @@ _RANGES = {
     "num_classes": (lambda v: v >= 0, ">= 0 (0: the dataset's)"),
     "num_epochs": (lambda v: v >= 0, ">= 0"),
     "num_train_steps": (lambda v: v >= 0, ">= 0 (0: num_epochs decides)"),
-    "learning_rate": (lambda v: v > 0, "positive"),
+    # LARS's peak at batch 32k is about 30; a thousand times the paper's 0.1 is a typo.
+    "learning_rate": (lambda v: 0 < v <= 100, "in (0, 100]"),
     "lr_reference_batch_size": (lambda v: v >= 0, ">= 0 (0: no scaling)"),
     "lr_decay_factor": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "lr_power": (lambda v: v > 0, "positive"),
@@ -191,7 +192,8 @@ _RANGES = {
     "warmup_steps": (lambda v: v >= 0, ">= 0"),
     "warmup_factor": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    # The paper's is 1e-4; a penalty of 1 or more outweighs any classification loss.
+    "weight_decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "drop_path_rate": stochastic_depth.RATE_RANGE,
     "ema_decay": (lambda v: 0 <= v < 1, "in [0, 1) (0: no EMA)"),

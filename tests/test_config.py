@@ -81,6 +81,8 @@ def test_no_config_file_repeats_a_models_own_shortcut():
     ("warmup_epochs", float("inf"), "warmup_epochs must be a finite number"),
     ("lr_decay_epochs", (30, float("inf")), "lr_decay_epochs must be a finite number"),
     ("image_size", 100_000, r"image_size must be a number of pixels in \[0, 4096\]"),
+    ("learning_rate", 1000.0, r"learning_rate must be in \(0, 100\], not 1000.0"),
+    ("weight_decay", 1.0, r"weight_decay must be in \[0, 1\), not 1.0"),
     ("data_dir", "", "config.data_dir is empty"),
     ("fashion_mnist_source_dir", " ", "config.fashion_mnist_source_dir is empty"),
 ])

@@ -132,7 +132,7 @@ def test_a_bug_keeps_its_traceback(tmp_path):
     ("random_erasing", 1.5, "random_erasing must be a probability"),
     ("eval_examples", -1, "eval_examples must be >= 0"),
     ("image_size", -1, "image_size must be a number of pixels in \\[0, 4096\\]"),
-    ("learning_rate", -1.0, "learning_rate must be positive, not -1.0"),
+    ("learning_rate", -1.0, "learning_rate must be in \\(0, 100\\], not -1.0"),
     ("momentum", 1.5, "momentum must be in \\[0, 1\\)"),
 ])
 @pytest.mark.slow
