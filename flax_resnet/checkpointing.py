@@ -39,7 +39,7 @@ class Checkpointer:
     self._quiet = _QuietOrbaxErrors()
     for logger in ("absl", "asyncio"):
       logging.getLogger(logger).addFilter(self._quiet)
-    sys.excepthook = self._quiet.excepthook
+    self._quiet.install()
     self.manager = ocp.CheckpointManager(
         fs.user_path(directory),
         options=ocp.CheckpointManagerOptions(
@@ -74,8 +74,8 @@ class Checkpointer:
           "no checkpoint is complete")
       raise CheckpointError(
           f"saving the checkpoint of step {step} to {self.directory} failed "
-          f"({type(e).__name__}: {_first_line(e)}); {kept}. Free space or fix the folder's "
-          "permissions, then run the same command to resume") from e
+          f"({_save_failure(e)}); {kept}. Free space or fix the folder's permissions, then "
+          "run the same command to resume") from e
 
   def read_meta(self, step: int) -> dict[str, Any]:
     return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
@@ -159,33 +159,52 @@ class Checkpointer:
       if not self._failed:  # after a failure its debris comes until the process ends
         for logger in ("absl", "asyncio"):
           logging.getLogger(logger).removeFilter(self._quiet)
-        if sys.excepthook == self._quiet.excepthook:
-          sys.excepthook = self._quiet.previous_excepthook
+        self._quiet.uninstall()
 
 
 class _QuietOrbaxErrors(logging.Filter):
   """Drops what a failed background write prints besides the one CheckpointError it becomes:
   orbax's error logs, one with its traceback from every thread the failure reached, asyncio's
-  'Task exception was never retrieved' for each of orbax's failed writes, and the tracebacks
-  of tensorstore's callbacks that arrive after orbax closed its event loop (printed through
-  sys.excepthook; dozens on a full disk). Nothing else is dropped."""
+  'Task exception was never retrieved' for each of orbax's failed writes, and the 'Event loop
+  is closed' errors of tensorstore's callbacks that arrive after orbax closed its event loop
+  (each printed as an unraisable exception, or through sys.excepthook: a hundred on a full
+  disk). Nothing else is dropped."""
 
-  def __init__(self):
-    super().__init__()
-    self.previous_excepthook = sys.excepthook
+  def install(self) -> None:
+    self.previous_excepthook, sys.excepthook = sys.excepthook, self.excepthook
+    self.previous_unraisablehook, sys.unraisablehook = sys.unraisablehook, self.unraisablehook
+
+  def uninstall(self) -> None:
+    if sys.excepthook == self.excepthook:
+      sys.excepthook = self.previous_excepthook
+    if sys.unraisablehook == self.unraisablehook:
+      sys.unraisablehook = self.previous_unraisablehook
 
   def filter(self, record: logging.LogRecord) -> bool:
     if record.levelno < logging.ERROR:
       return True
     if record.name == "asyncio":
       return "orbax" not in record.getMessage()
-    return "orbax" not in record.pathname
+    # absl may name its own module as the record's origin; orbax's records say orbax in
+    # their path, their text or their traceback.
+    frames = traceback.extract_tb(record.exc_info[2]) if record.exc_info else []
+    return not ("orbax" in record.pathname or "orbax" in record.getMessage()
+                or any("orbax" in frame.filename for frame in frames))
+
+  @staticmethod
+  def _closed_loop_callback(kind, value, tb) -> bool:
+    frames = traceback.extract_tb(tb)
+    return (kind is RuntimeError and str(value) == "Event loop is closed" and bool(frames)
+            and frames[0].name == "call_soon_threadsafe")
 
   def excepthook(self, kind, value, tb) -> None:
-    frames = traceback.extract_tb(tb)
-    if not (kind is RuntimeError and str(value) == "Event loop is closed" and frames
-            and frames[0].name == "call_soon_threadsafe"):
+    if not self._closed_loop_callback(kind, value, tb):
       self.previous_excepthook(kind, value, tb)
+
+  def unraisablehook(self, unraisable) -> None:
+    if not self._closed_loop_callback(unraisable.exc_type, unraisable.exc_value,
+                                      unraisable.exc_traceback):
+      self.previous_unraisablehook(unraisable)
 
 
 def _check_writable(directory) -> None:
@@ -257,6 +276,15 @@ def _unreadable(step: int, directory, steps: list[int], error: Exception) -> Che
   return CheckpointError(
       f"the checkpoint at step {step} in {directory} cannot be read ({_first_line(error)})"
       + (f"; older ones: steps {', '.join(map(str, older))}" if older else ""))
+
+
+def _save_failure(error: Exception) -> str:
+  """The cause of a failed save in a few words: a full disk reaches orbax as an OSError or,
+  where tensorstore's writer meets it, as a ValueError whose long text ends in the OS's
+  words; either is told as the OS tells it."""
+  if "No space left on device" in str(error):
+    return "no space left on device"
+  return f"{type(error).__name__}: {_first_line(error)}"
 
 
 def _first_line(error: Exception) -> str:

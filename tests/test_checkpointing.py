@@ -105,3 +105,53 @@ def test_checkpoint_from_eight_devices_restores_on_one(tmp_path):
   one = parallel1.map_step(step)
   after, _ = one(parallel1.put_state(restored), parallel1.put_batch(batches[1]))
   assert int(parallel1.get_state(after).step) == 2
+
+
+def _closed_loop_error() -> RuntimeError:
+  """The error that tensorstore's callbacks meet after orbax closed its event loop."""
+  def call_soon_threadsafe():
+    raise RuntimeError("Event loop is closed")
+  try:
+    call_soon_threadsafe()
+  except RuntimeError as error:  # as tensorstore reports it: from the callback's frame on
+    return error.with_traceback(error.__traceback__.tb_next)
+
+
+def test_the_checkpointer_drops_the_debris_of_a_failed_save_and_nothing_else(tmp_path,
+                                                                           monkeypatch):
+  """What a failed background save prints besides its one CheckpointError: 'Event loop is
+  closed' from tensorstore's callbacks (as unraisable exceptions or through sys.excepthook)
+  and orbax's error logs, which absl may attribute to its own module."""
+  import logging
+  import sys
+  import types
+  shown = []
+  monkeypatch.setattr(sys, "unraisablehook", lambda u: shown.append(str(u.exc_value)))
+  monkeypatch.setattr(sys, "excepthook", lambda kind, value, tb: shown.append(str(value)))
+  checkpointer = Checkpointer(str(tmp_path / "checkpoints"))
+  quiet = checkpointer._quiet
+  try:
+    debris, bug = _closed_loop_error(), ValueError("a bug of ours")
+    for error in (debris, bug):
+      sys.unraisablehook(types.SimpleNamespace(
+          exc_type=type(error), exc_value=error, exc_traceback=error.__traceback__,
+          err_msg=None, object=None))
+      sys.excepthook(type(error), error, error.__traceback__)
+    elsewhere = RuntimeError("Event loop is closed")  # not from a callback: shown
+    sys.excepthook(RuntimeError, elsewhere, None)
+
+    def record(message, pathname):
+      return logging.LogRecord("absl", logging.ERROR, pathname, 1, message, None, None)
+    absl_path = "/site-packages/absl/logging/__init__.py"
+    assert not quiet.filter(record("x", "/site-packages/orbax/checkpoint/future.py"))
+    assert not quiet.filter(record(
+        "[thread=array_type_handler] _SignalingThread.run() raised an exception: ...\n"
+        '  File "/site-packages/orbax/checkpoint/_src/futures/future.py", line 378', absl_path))
+    assert quiet.filter(record("a step failed", absl_path))
+    assert quiet.filter(logging.LogRecord("absl", logging.WARNING, absl_path, 1, "orbax", None,
+                                          None))
+  finally:
+    checkpointer.close()
+  assert shown == ["a bug of ours", "a bug of ours", "Event loop is closed"]
+  # a clean close gives the hooks back
+  assert sys.unraisablehook is not quiet.unraisablehook and sys.excepthook != quiet.excepthook
