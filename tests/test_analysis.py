@@ -14,6 +14,7 @@ from flax_resnet.scan_layout import to_scanned_layout
 @pytest.mark.parametrize("name,count", [("cifar_resnet20", 19), ("cifar_plain20", 19),
                                         ("cifar_resnet32", 31), ("resnet18", 16),
                                         ("resnet50", 16)])
+@pytest.mark.slow
 def test_one_value_per_3x3_convolution_in_network_order(name, count):
   model = create_model(name, num_classes=10)
   x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
@@ -31,6 +32,7 @@ def _bn(y, bn_params, bn_stats, epsilon=1e-5):
           + bn_params["bias"])
 
 
+@pytest.mark.slow
 def test_values_are_the_std_after_batch_norm_before_relu_and_addition():
   model = create_model("cifar_resnet20", widths=(4, 8, 8))
   x = jax.random.normal(jax.random.key(0), (3, 16, 16, 3))
@@ -53,6 +55,7 @@ def test_values_are_the_std_after_batch_norm_before_relu_and_addition():
   np.testing.assert_allclose(stds[1], float(jnp.std(y)), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_scanned_blocks_give_the_same_responses():
   x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
   model = create_model("cifar_resnet20", widths=(4, 8, 8))
@@ -62,6 +65,7 @@ def test_scanned_blocks_give_the_same_responses():
                              layer_responses(model, variables, x), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_output_scale_is_the_training_mode_logits_std_and_loss():
   model = create_model("cifar_resnet20", num_classes=10, widths=(4, 8, 8))
   x = jax.random.normal(jax.random.key(0), (8, 16, 16, 3))

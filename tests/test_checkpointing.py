@@ -33,6 +33,7 @@ def _save(directory, steps, state):
   ckpt.close()
 
 
+@pytest.mark.slow
 def test_round_trip_with_meta_and_read_state(tmp_path):
   state = _state()
   _save(tmp_path, [1, 2], state)
@@ -54,6 +55,7 @@ def test_empty_folder_restores_nothing(tmp_path):
   ckpt.close()
 
 
+@pytest.mark.slow
 def test_unreadable_newest_falls_back_and_is_kept_aside(tmp_path, capsys):
   state = _state()
   _save(tmp_path, [1, 2], state)
@@ -69,6 +71,7 @@ def test_unreadable_newest_falls_back_and_is_kept_aside(tmp_path, capsys):
   assert "checkpoint at step 2" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_shape_is_refused_untouched(tmp_path):
   """orbax reports a target of other shapes only in its message's text
   (checkpointing._is_structure_mismatch): if that text changes, this CheckpointError turns
@@ -82,6 +85,7 @@ def test_checkpoint_of_another_shape_is_refused_untouched(tmp_path):
   assert sorted(os.listdir(tmp_path)) == ["1"]
 
 
+@pytest.mark.slow
 def test_checkpoint_from_eight_devices_restores_on_one(tmp_path):
   state, step, batches = small_step_setup()
   parallel8 = DataParallel("shard_map", jax.devices())
@@ -126,8 +130,8 @@ def test_the_checkpointer_drops_the_debris_of_a_failed_save_and_nothing_else(tmp
   import sys
   import types
   shown = []
-  monkeypatch.setattr(sys, "unraisablehook", lambda u: shown.append(str(u.exc_value)))
-  monkeypatch.setattr(sys, "excepthook", lambda kind, value, tb: shown.append(str(value)))
+  monkeypatch.setattr(sys, "unraisablehook", lambda u: shown.append(u.exc_value))
+  monkeypatch.setattr(sys, "excepthook", lambda kind, value, tb: shown.append(value))
   checkpointer = Checkpointer(str(tmp_path / "checkpoints"))
   quiet = checkpointer._quiet
   try:
@@ -152,6 +156,8 @@ def test_the_checkpointer_drops_the_debris_of_a_failed_save_and_nothing_else(tmp
                                           None))
   finally:
     checkpointer.close()
-  assert shown == ["a bug of ours", "a bug of ours", "Event loop is closed"]
+  # (the garbage collector may report other objects of earlier tests meanwhile)
+  ours = [e for e in shown if any(e is x for x in (debris, bug, elsewhere))]
+  assert ours == [bug, bug, elsewhere]
   # a clean close gives the hooks back
   assert sys.unraisablehook is not quiet.unraisablehook and sys.excepthook != quiet.excepthook

@@ -49,6 +49,7 @@ def test_convertible_models_are_the_imagenet_resnets():
 
 
 @pytest.mark.parametrize("name", TORCHVISION_NAMES)
+@pytest.mark.slow
 def test_round_trip_is_identity(name):
   variables = random_variables(create_model(name))
   state = to_torchvision(variables, name)

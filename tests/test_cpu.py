@@ -101,6 +101,7 @@ _WEIGHT_GRADIENT = textwrap.dedent("""
     """)
 
 
+@pytest.mark.slow
 def test_the_convolution_library_runs_the_gradient_and_agrees(tmp_path):
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", cpu.CONVOLUTIONS_ENV)}
   env.update(JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
@@ -152,6 +153,7 @@ _FAULTS_PER_CALL = textwrap.dedent("""
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+@pytest.mark.slow
 def test_reused_host_memory_spares_the_page_faults_of_each_call():
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
   faults = {}

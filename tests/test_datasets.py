@@ -37,6 +37,7 @@ def _read_raw_idx(name):
 
 
 @pytest.mark.parametrize("split,prefix,count", [("train", "train", 60000), ("test", "t10k", 10000)])
+@pytest.mark.slow
 def test_prepared_fashion_mnist_equals_raw_idx(fashion_mnist_data_dir, split, prefix, count):
   builder = tfds.builder("fashion_mnist", data_dir=fashion_mnist_data_dir)
   assert builder.info.splits[split].num_examples == count
@@ -51,6 +52,7 @@ def test_prepared_fashion_mnist_equals_raw_idx(fashion_mnist_data_dir, split, pr
   assert prepared == raw
 
 
+@pytest.mark.slow
 def test_prepare_reuses_prepared_data(fashion_mnist_data_dir, capsys):
   info_file = os.path.join(fashion_mnist_data_dir, "fashion_mnist", "3.0.1", "dataset_info.json")
   before = os.path.getmtime(info_file)
@@ -185,6 +187,7 @@ def test_image_folder_with_a_wrong_layout(tmp_path):
     datasets.check_data(make_config(dataset="image_folder"), 1)
 
 
+@pytest.mark.slow
 def test_prepared_data_passes(fashion_mnist_data_dir, tmp_path):
   datasets.check_data(make_config(dataset="fashion_mnist", data_dir=fashion_mnist_data_dir,
                                   batch_size=128, cache=True), process_count=2)
@@ -193,6 +196,7 @@ def test_prepared_data_passes(fashion_mnist_data_dir, tmp_path):
                       process_count=1)
 
 
+@pytest.mark.slow
 def test_batch_larger_than_a_hosts_data(fashion_mnist_data_dir, tmp_path):
   config = make_config(dataset="fashion_mnist", data_dir=fashion_mnist_data_dir, batch_size=65536)
   message = "per-host batch 8192 is larger than this host's 7500 training examples"
@@ -206,6 +210,7 @@ def test_batch_larger_than_a_hosts_data(fashion_mnist_data_dir, tmp_path):
                         process_count=1)
 
 
+@pytest.mark.slow
 def test_batch_not_divisible_by_process_count(fashion_mnist_data_dir):
   config = make_config(dataset="fashion_mnist", data_dir=fashion_mnist_data_dir, batch_size=10)
   with pytest.raises(ConfigError, match="config.batch_size=10 does not divide over the 3 "

@@ -154,6 +154,7 @@ def test_flax_resnet_names_in_docs_resolve():
   assert not problems, "\n".join(problems)
 
 
+@pytest.mark.slow
 def test_nnx_example_runs():
   """docs/nnx.md's example: ToNNX around cifar_resnet20, a training-mode pass that updates
   batch_stats, one SGD step, and eval logits equal to Linen's apply (its own asserts)."""

@@ -69,6 +69,7 @@ def test_export_cli_onnx_of_a_trained_run(trained_run, tmp_path):
                              rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_export_cli_torchvision_and_timm(tmp_path):
   workdir = str(tmp_path / "run")
   state = write_checkpoint(workdir, "resnet18", (32, 32, 3), "cifar10", num_classes=10)

@@ -95,6 +95,7 @@ def test_a_failed_checkpoint_save_is_one_error_and_the_process_exits(tmp_path,
 
 
 @pytest.mark.parametrize("blocker", ["file", "immutable"])
+@pytest.mark.slow
 def test_an_unwritable_checkpoints_folder_is_refused_before_training(
     tmp_path, fashion_mnist_data_dir, blocker):
   from flax_resnet.errors import CheckpointError
@@ -115,6 +116,7 @@ def test_an_unwritable_checkpoints_folder_is_refused_before_training(
   assert not (workdir / "metrics.jsonl").exists()  # refused before training
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_workdir_in_use_is_refused(tmp_path, fashion_mnist_data_dir):
   from flax_resnet import workdir_lock
   from flax_resnet.errors import CheckpointError
@@ -124,6 +126,7 @@ def test_a_second_run_on_a_workdir_in_use_is_refused(tmp_path, fashion_mnist_dat
   assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]  # nothing else written
 
 
+@pytest.mark.slow
 def test_an_empty_workdir_is_refused(tmp_path, monkeypatch, fashion_mnist_data_dir):
   from flax_resnet.errors import ConfigError
   monkeypatch.chdir(tmp_path)
@@ -142,6 +145,7 @@ def _one_class_folder(root, classes=("only",)):
   return str(root)
 
 
+@pytest.mark.slow
 def test_num_classes_below_the_datasets_and_single_class_data_are_refused(
     tmp_path, fashion_mnist_data_dir):
   from flax_resnet.errors import ConfigError, DataError

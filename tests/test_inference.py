@@ -104,6 +104,7 @@ def narrow_resnet18(num_classes=1000):
   return model, variables
 
 
+@pytest.mark.slow
 def test_predict_names_sorted_imagenet_classes(tmp_path):
   model, variables = narrow_resnet18()
   path = tmp_path / "china.jpg"
@@ -119,6 +120,7 @@ def test_predict_names_sorted_imagenet_classes(tmp_path):
   assert predictions[0].index == int(jnp.argmax(logits))
 
 
+@pytest.mark.slow
 def test_predict_with_own_class_names():
   model, variables = narrow_resnet18(num_classes=3)
   predictions = predict(model, variables, photos()["flower"], k=3, resize_size=72,
@@ -130,6 +132,7 @@ def test_predict_with_own_class_names():
     predict(model, variables, photos()["flower"], class_names=["a", "b"])
 
 
+@pytest.mark.slow
 def test_replace_head_keeps_the_backbone():
   model = create_model("cifar_resnet20")
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)

@@ -69,6 +69,7 @@ def run_model(num_classes, **fields):
 
 # --- init_from: what is loaded, and the errors -----------------------------------------------
 
+@pytest.mark.slow
 def test_torchvision_file_with_other_classes_gets_a_new_head(torchvision_file, tmp_path):
   path, variables = torchvision_file
   start = initial_weights(config_for(init_from=path), run_model(3), SHAPE, str(tmp_path / "w"))

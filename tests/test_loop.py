@@ -62,6 +62,7 @@ def test_metrics_buffer_names_the_first_diverged_step_and_writes_the_steps_befor
   assert written == [(7, pytest.approx({"train_loss": 1.0, "learning_rate": 0.1}))]
 
 
+@pytest.mark.slow
 def test_checkpoint_layout_unrolls_scanned_models_only():
   x = jnp.zeros((1, 8, 8, 3))
   unrolled = create_model("cifar_resnet20", widths=(4, 4, 4))
@@ -82,6 +83,7 @@ def _state_maker(model):
   return functools.partial(create_train_state, model, tx, (8, 8, 3))
 
 
+@pytest.mark.slow
 def test_restore_or_initialize(tmp_path):
   model = create_model("cifar_resnet20", widths=(4, 4, 4), num_classes=3, axis_name=AXIS)
   make_state = _state_maker(model)
@@ -108,6 +110,7 @@ def test_restore_or_initialize(tmp_path):
   checkpointer.close()
 
 
+@pytest.mark.slow
 def test_evaluate_counts_every_real_example_once():
   model = create_model("cifar_resnet20", widths=(4, 4, 4), num_classes=3, axis_name=AXIS)
   parallel = DataParallel("shard_map", jax.devices()[:2])

@@ -40,6 +40,7 @@ def test_outputs_and_gradients_equal_nn_max_pool(h, w, window, strides, padding,
   np.testing.assert_allclose(dx, dx_ref, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_bfloat16_and_string_paddings():
   x = jax.random.normal(jax.random.key(0), (2, 8, 8, 4), jnp.bfloat16)
   y, dx = _value_and_grad(max_pool, x, 3, 2, 1)
@@ -67,6 +68,7 @@ def _operations(hlo: str) -> set[str]:
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU question")
+@pytest.mark.slow
 def test_cpu_overrides_leave_no_scatter_and_change_no_number():
   small = dict(widths=(4, 8, 8, 8))
   plain = create_model("resnet18", **small)

@@ -41,6 +41,7 @@ def test_cifar_parameter_counts_match_paper(name, expected):
   assert count_params(create_model(name), CIFAR) == pytest.approx(expected, rel=0.02)
 
 
+@pytest.mark.slow
 def test_cifar_resnet1202_parameter_count():
   assert count_params(create_model("cifar_resnet1202"), CIFAR) == pytest.approx(19.4e6, rel=0.02)
 
@@ -139,6 +140,7 @@ def test_train_mode_updates_batch_stats_eval_does_not(small_resnet):
   assert np.isfinite(logits).all() and np.isfinite(logits_eval).all()
 
 
+@pytest.mark.slow
 def test_bfloat16_logits_close_to_float32(small_resnet):
   model, variables, x = small_resnet
   bf16 = create_model("cifar_resnet20", num_classes=7, dtype=jnp.bfloat16)
@@ -152,6 +154,7 @@ def test_bfloat16_logits_close_to_float32(small_resnet):
 
 
 @pytest.mark.parametrize("block_cls,features", [(BasicBlock, 16), (BottleneckBlock, 4)])
+@pytest.mark.slow
 def test_zero_init_residual_block_is_identity(block_cls, features):
   """With the last BN's scale at zero, a fresh block computes relu(x) = x for x >= 0."""
   x = jax.nn.relu(jax.random.normal(jax.random.key(0), (2, 8, 8, 16)))
@@ -179,6 +182,7 @@ def test_option_a_shortcut_zero_pads_new_channels():
 
 
 @pytest.mark.parametrize("size", [32, 57, 96])
+@pytest.mark.slow
 def test_any_input_size(size):
   model = create_model("resnet18", num_classes=3, widths=(8, 8, 8, 8))
   x = jnp.ones((2, size, size, 3))
@@ -186,6 +190,7 @@ def test_any_input_size(size):
   assert model.apply(variables, x).shape == (2, 3)
 
 
+@pytest.mark.slow
 def test_return_features():
   model = create_model("resnet18", num_classes=3, widths=(8, 16, 16, 32))
   x = jnp.ones((2, 64, 64, 3))
@@ -243,6 +248,7 @@ def test_resnet_d_and_preact_parameter_counts_equal_timm(name, expected):
 # ResNet-1001 has 10.18M.
 @pytest.mark.parametrize("name,expected", [
     ("preact_resnet110", 1.7e6), ("preact_resnet164", 1.7e6), ("preact_resnet1001", 10.2e6)])
+@pytest.mark.slow
 def test_preact_cifar_parameter_counts_match_paper(name, expected):
   assert count_params(create_model(name), CIFAR) == pytest.approx(expected, rel=0.02)
 
@@ -263,6 +269,7 @@ def test_preact_cifar_basic_nets_have_the_2016_cifar_nets_parameters():
     ("preact_resnet20", dict(), 32),
     ("preact_resnet164", dict(stage_sizes=(2, 2, 2)), 32),
 ])
+@pytest.mark.slow
 def test_forward_pass_of_each_new_family(name, overrides, size):
   model = create_model(name, num_classes=7, drop_path_rate=0.2, **overrides)
   x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
@@ -366,6 +373,7 @@ def test_drop_path_rates_rise_linearly_over_all_blocks():
 
 
 @pytest.mark.parametrize("scan_blocks", [False, True])
+@pytest.mark.slow
 def test_each_block_receives_its_drop_path_rate(scan_blocks):
   model = create_model("preact_resnet20", widths=(4, 4, 4), stage_sizes=(2, 3, 2),
                        drop_path_rate=0.6, scan_blocks=scan_blocks)
@@ -415,6 +423,7 @@ def test_summary_of_a_preact_net():
   assert "25,549,352 parameters" in text
 
 
+@pytest.mark.slow
 def test_classifier_starts_as_torchvisions():
   # PyTorch's nn.Linear default (torchvision, fb.resnet.torch): kernel and bias uniform in
   # +-1/sqrt(fan_in), so the kernel's variance is 1 / (3 fan_in); Flax's Dense default has 3x.
@@ -431,6 +440,7 @@ def test_num_classes_must_be_a_positive_integer(num_classes):
     create_model("resnet18", num_classes=num_classes)
 
 
+@pytest.mark.slow
 def test_an_input_that_is_not_nhwc_says_the_model_takes_nhwc():
   model = create_model("cifar_resnet20")
   for nchw in [(2, 3, 32, 32), (2, 1, 28, 28)]:

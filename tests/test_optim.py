@@ -59,6 +59,7 @@ class TinyDense(nn.Module):
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "lars"])
+@pytest.mark.slow
 def test_grad_accumulation_equals_one_batch_k_times_larger(optimizer):
   config = _config(optimizer=optimizer, momentum=0.9, learning_rate=0.1, batch_size=16)
   lr_fn = optim.create_learning_rate_fn(config, 10, 100)

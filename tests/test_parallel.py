@@ -43,6 +43,7 @@ def test_initialize_distributed_joins_only_when_asked_or_in_a_cluster(monkeypatc
   assert calls[-1] == ()
 
 
+@pytest.mark.slow
 def test_eight_devices_equal_one_device_bn_statistics_included():
   state, step, batches = small_step_setup()
   one, m1 = train_on("shard_map", jax.devices()[:1], state, step, batches)
@@ -56,6 +57,7 @@ def test_eight_devices_equal_one_device_bn_statistics_included():
   assert not np.allclose(one.params["fc"]["kernel"], state.params["fc"]["kernel"])
 
 
+@pytest.mark.slow
 def test_pmap_and_shard_map_give_the_same_step():
   state, step, batches = small_step_setup()
   a, _ = train_on("shard_map", jax.devices(), state, step, batches)

@@ -30,6 +30,7 @@ def _read_raw_idx(name):
 # Fashion-MNIST: the real 70,000 images.
 
 
+@pytest.mark.slow
 def test_fashion_mnist_train_stream_is_deterministic_and_resumable(fashion_mnist_data_dir):
   # Host 1 of 4 reads 15,000 examples in per-host batches of 2,048: 7 steps per epoch, so steps
   # 5..8 cross into the second epoch.
@@ -59,6 +60,7 @@ def test_fashion_mnist_train_stream_is_deterministic_and_resumable(fashion_mnist
   assert not np.array_equal(other_seed["image"], stream[0]["image"])
 
 
+@pytest.mark.slow
 def test_fashion_mnist_eval_covers_test_set_once(fashion_mnist_data_dir):
   config = make_config(dataset="fashion_mnist", data_dir=fashion_mnist_data_dir, batch_size=8,
                        eval_batch_size=3000)
@@ -185,6 +187,7 @@ def test_cifar_train_is_pad_crop_flip_of_the_source(fake_tfds, cache):
   assert_same_batches(batches[1:], [resumed])
 
 
+@pytest.mark.slow
 def test_crop_padding_zero_leaves_flips_only(fake_tfds):
   config = make_config(dataset="cifar10", data_dir=fake_tfds, batch_size=64, crop_padding=0,
                        cache=True)
@@ -199,6 +202,7 @@ def test_crop_padding_zero_leaves_flips_only(fake_tfds):
 
 
 @pytest.mark.parametrize("cache", [True, False])
+@pytest.mark.slow
 def test_random_erasing_keeps_the_crops_and_flips_it_erases_over(fake_tfds, cache):
   config = make_config(dataset="cifar10", data_dir=fake_tfds, batch_size=64, seed=1,
                        cache=cache, shuffle_buffer_size=256)
@@ -222,6 +226,7 @@ def test_cifar_eval_is_the_original_image(fake_tfds):
 
 
 @pytest.mark.parametrize("cache", [True, False])
+@pytest.mark.slow
 def test_small_images_resized_to_image_size(fake_tfds, cache):
   """image_size other than the dataset's own: the crops and flips of the native image, then
   a bilinear resize (for ImageNet-style nets on CIFAR-sized images)."""

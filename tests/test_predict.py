@@ -60,6 +60,7 @@ def test_workdir_folder_csv_and_bad_inputs(trained_run, fashion_mnist_data_dir, 
   assert [r["error"] != "" for r in rows[3:]] == [True] * 3
 
 
+@pytest.mark.slow
 def test_torchvision_weights(tmp_path):
   from safetensors.numpy import save_file
   import jax

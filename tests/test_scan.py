@@ -44,6 +44,7 @@ def _assert_trees_close(a, b, **tol):
 
 
 @pytest.mark.parametrize("name,overrides,size", SMALL)
+@pytest.mark.slow
 def test_mapped_layout_matches_scanned_init(name, overrides, size):
   x = _images(size)
   unrolled = create_model(name, **overrides).init(jax.random.key(0), x)
@@ -55,6 +56,7 @@ def test_mapped_layout_matches_scanned_init(name, overrides, size):
 
 
 @pytest.mark.parametrize("name,overrides,size", SMALL)
+@pytest.mark.slow
 def test_round_trips_are_the_identity(name, overrides, size):
   x = _images(size)
   unrolled = create_model(name, **overrides).init(jax.random.key(0), x)
@@ -66,6 +68,7 @@ def test_round_trips_are_the_identity(name, overrides, size):
 
 
 @pytest.mark.parametrize("name,overrides,size", SMALL)
+@pytest.mark.slow
 def test_same_logits_and_batch_stats(name, overrides, size):
   x = _images(size)
   model = create_model(name, **overrides)
@@ -104,6 +107,7 @@ def _two_train_steps(model, state, batch, parallel):
   return parallel.get_state(state), parallel.get_metrics(metrics)
 
 
+@pytest.mark.slow
 def test_same_train_steps_after_mapping():
   """Two data-parallel SGD steps (momentum, weight decay on kernels, synchronized BN) from the
   same variables end in the same state, whichever layout the network is compiled in."""
@@ -194,6 +198,7 @@ def _non_canonical_convolutions(model, size, accum_steps: int = 1):
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU layout question")
+@pytest.mark.slow
 def test_scanned_blocks_keep_cpu_convolutions_canonical():
   """XLA:CPU canonicalizes convolutions only outside loops; the scanned blocks' backward pass
   must not leave any permuted convolution in the loop body (10-18x slower steps)."""
@@ -210,6 +215,7 @@ def test_scanned_blocks_keep_cpu_convolutions_canonical():
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU layout question")
+@pytest.mark.slow
 def test_accumulation_keeps_cpu_convolutions_canonical():
   """Gradient accumulation runs its micro-batches in a loop too: the training loop asks
   cpu.model_overrides for loop-safe convolutions whenever grad_accum_steps > 1."""
@@ -247,6 +253,7 @@ def _wide_transposes(model, size) -> list[int]:
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU fusion question")
+@pytest.mark.slow
 def test_no_transpose_recomputes_the_residual_stream():
   """XLA:CPU fuses the residual stream's BN + add + ReLU chain into the transposes of the
   weight gradients; materialized ReLU outputs (cpu.model_overrides) stop that.
@@ -257,6 +264,7 @@ def test_no_transpose_recomputes_the_residual_stream():
   assert len(_wide_transposes(plain, 16)) >= 4
 
 
+@pytest.mark.slow
 def test_cpu_overrides_only_on_the_cpu_and_change_no_number():
   assert cpu.model_overrides(in_loops=True, backend="gpu") == {}
   assert cpu.model_overrides(in_loops=True, backend="tpu") == {}
@@ -273,6 +281,7 @@ def test_cpu_overrides_only_on_the_cpu_and_change_no_number():
                       jax.grad(loss(plain))(variables["params"]), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_layout_of_a_whole_train_state():
   """Optimizer momentum is laid out like the params, so a checkpoint maps as a whole."""
   name, overrides, size = SMALL[1]

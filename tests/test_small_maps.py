@@ -49,6 +49,7 @@ def _value_and_grads(conv, x, w, stride, padding, dy_seed=1):
 
 
 @pytest.mark.parametrize("size,kernel,stride,mode", SMALL)
+@pytest.mark.slow
 def test_outputs_and_gradients_equal_the_direct_convolution(size, kernel, stride, mode):
   x, w = _operands(size, kernel)
   padding = _padding(kernel, mode)
@@ -61,6 +62,7 @@ def test_outputs_and_gradients_equal_the_direct_convolution(size, kernel, stride
 
 
 @pytest.mark.parametrize("size,kernel,stride,mode", SMALL)
+@pytest.mark.slow
 def test_im2col_itself_equals_the_direct_convolution(size, kernel, stride, mode):
   """The rewrite, forced whatever the map size (small_map_conv may pass some through)."""
   x, w = _operands(size, kernel, cin=4, cout=6, square=False)
@@ -97,6 +99,7 @@ def _conv_layer_hlo(size, conv_fn, features=8):
   return jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(params, x).compile().as_text()
 
 
+@pytest.mark.slow
 def test_a_small_map_layer_compiles_to_no_convolution():
   assert " convolution(" in _conv_layer_hlo(2, None)  # what XLA:CPU ran slowly
   assert " convolution(" not in _conv_layer_hlo(2, small_map_conv)
@@ -126,6 +129,7 @@ def test_unsupported_arguments_fall_back_to_lax():
       rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_inference_benchmark_writes_its_figures(tmp_path):
   path = tmp_path / "figures.json"
   result = subprocess.run(
@@ -156,6 +160,7 @@ def _convolutions(model, size):
 
 
 @pytest.mark.parametrize("size,rewritten", [(32, 8), (56, 4), (224, 0)])
+@pytest.mark.slow
 def test_cpu_overrides_leave_no_small_map_convolution_in_resnet18(size, rewritten):
   """resnet18's 20 convolutions: at 32x32 stage 3 runs on 2x2 maps and stage 4 on 1x1 (eight
   3x3 convolutions rewritten), at 56x56 stage 4 on 2x2 (four), at 224 none."""

@@ -32,6 +32,7 @@ def test_step_settings_from_config_reads_each_field():
     settings.seed = 1
 
 
+@pytest.mark.slow
 def test_eval_step_scores_views_by_their_mean_logits():
   """An image and its mirror as two views: the sums are those of the averaged logits, over
   the real (mask 1) examples only, whatever the number of devices."""
@@ -62,6 +63,7 @@ def test_eval_step_scores_views_by_their_mean_logits():
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.slow
 def test_half_precision_step(dtype):
   """bfloat16 compute, or float16 with dynamic loss scaling: an overflowing step is skipped
   and the scale halves; a normal step trains and keeps float32 parameters."""

@@ -192,6 +192,7 @@ def test_weight_decay_only_on_kernels_by_default():
   assert all(jax.tree.leaves(optim.weight_decay_mask(params, "all")))
 
 
+@pytest.mark.slow
 def test_plot_overlay_command(tmp_path):
   for name, acc in (("plain", 0.8), ("resnet", 0.9)):
     d = tmp_path / name

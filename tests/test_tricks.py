@@ -177,6 +177,7 @@ def test_step_rng_is_a_function_of_seed_step_and_device():
   assert not np.array_equal(a, keys(jnp.array([1, 5])))        # another seed
 
 
+@pytest.mark.slow
 def test_drop_path_masks_follow_the_step():
   """The same (seed, step) draws the same masks; another step, other masks. Without drop
   path the step number changes nothing in the loss."""
@@ -191,6 +192,7 @@ def test_drop_path_masks_follow_the_step():
     assert (loss(live.replace(step=live.step + 1)) != first) == differs
 
 
+@pytest.mark.slow
 def test_train_step_with_every_trick_on_eight_devices():
   model, state, step, batch = _setup(drop_path_rate=0.2, ema=True, ema_decay=0.9,
                                      mixup_alpha=0.2, cutmix_alpha=1.0, label_smoothing=0.1)
@@ -217,6 +219,7 @@ def test_train_step_with_every_trick_on_eight_devices():
   assert np.isfinite(sums["ema_loss"]) and float(sums["count"]) == 16
 
 
+@pytest.mark.slow
 def test_ema_is_none_when_off_and_converted_with_the_scanned_layout():
   _, state, _, _ = _setup()
   assert state.ema_params is None and state.ema_batch_stats is None

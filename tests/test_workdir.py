@@ -117,6 +117,7 @@ def test_a_bad_workdir_is_one_clear_error(trained_run, tmp_path):
   assert flax_resnet.load(str(broken), step=3).step == 3
 
 
+@pytest.mark.slow
 def test_ema_of_a_run_without_one_is_refused(tmp_path):
   state = write_checkpoint(str(tmp_path), "cifar_resnet20", (28, 28, 1), "fashion_mnist",
                            widths=(4, 8, 8), num_classes=10)
