@@ -4,8 +4,8 @@ step: round one's recipe, then one change at a time, and the same nets in PyTorc
     python reproduce/first_steps.py --out=reproduce/first_steps \
         [--runs=resnet18_A,resnet34_A,cifar_resnet56] [--variants=round_one,...] [--steps=300]
 
-Each run trains `configs/reproduce.py:NAME` from its seed's initial weights on the batches
-train.py would feed it (its data pipeline, augmentation included) and writes
+Each run trains `configs/reproduce_round_one.py:NAME` from its seed's initial weights on the
+batches train.py would feed it (its data pipeline, augmentation included) and writes
 OUT/NAME/VARIANT.json: the training loss and accuracy of every step. Variants:
 
   round_one    round one's recipe and initial weights: the classifier as Flax's Dense
@@ -40,8 +40,8 @@ WINDOWS = ((1, 25), (26, 50), (51, 100), (101, 300))
 
 
 def variant_config(run: str, variant: str):
-  from configs import reproduce
-  config = reproduce.get_config(run)
+  from configs import reproduce_round_one
+  config = reproduce_round_one.get_config(run)
   if variant == "paper_lr":
     config.lr_reference_batch_size = 256
   elif variant == "wd_all":

@@ -175,7 +175,7 @@ def summarize(name: str, run_dir: str, data_dir: str | None) -> dict:
   first_step = output_scale(run_model, initial, images[:config.batch_size],
                             labels[:config.batch_size])
   info = _read_json(os.path.join(run_dir, "run.json"), {})
-  return {"name": name, "model": config.model,
+  return {"name": name, "model": config.model, "seed": config.seed,
           "shortcut": None if config.model.startswith(("plain", "cifar_plain")) else model.shortcut,
           "image_size": size, "steps": steps,
           "train_error": 1 - steps_weighted_mean(records, "train_accuracy", steps - epoch),

@@ -13,22 +13,54 @@ from train_utils import ROOT, train_env
 pytestmark = pytest.mark.slow  # starts train.py or trains: `pytest -m 'not slow'` skips it
 
 
-def test_configs_of_the_studies_share_one_recipe():
+def test_configs_of_the_studies_share_the_papers_recipe():
   from configs import reproduce
   from flax_resnet.config import check_config
-  depth = [reproduce.get_config(n) for n in reproduce.DEPTH_RUNS]
-  for config in depth + [reproduce.get_config(n) for n in reproduce.IMAGENET_STYLE_RUNS]:
+  depth = [reproduce.get_config(n) for n in reproduce.DEPTH_NETS]
+  imagenet_style = [reproduce.get_config(n) for n in reproduce.IMAGENET_STYLE_NETS]
+  for config in depth + imagenet_style:
     check_config(config)
-    assert (config.batch_size, config.learning_rate, config.momentum, config.weight_decay) == (
-        128, 0.1, 0.9, 1e-4)
+    assert (config.batch_size, config.learning_rate, config.momentum, config.weight_decay,
+            config.weight_decay_on, config.seed) == (128, 0.1, 0.9, 1e-4, "all", 0)
+  # the paper's lr per image: 0.1 per 128 on CIFAR, 0.1 per 256 on ImageNet
+  assert {c.lr_reference_batch_size for c in depth} == {128}
+  assert {c.lr_reference_batch_size for c in imagenet_style} == {256}
   # shortcut "": the model's own, option A for the CIFAR nets
   assert {(c.num_epochs, c.lr_decay_epochs, c.shortcut) for c in depth} == {
       (reproduce.DEPTH_EPOCHS, (0.5 * reproduce.DEPTH_EPOCHS, 0.75 * reproduce.DEPTH_EPOCHS),
        "")}
   assert reproduce.get_config("resnet34_C").shortcut == "C"
   assert reproduce.get_config("plain18").image_size == reproduce.IMAGENET_STYLE_SIZE
-  with pytest.raises(ValueError, match="unknown run"):
-    reproduce.get_config("cifar_resnet21")
+  for bad in ("cifar_resnet21", "resnet18_A-seed", "resnet18_A-seed01", "resnet18_A-seedx"):
+    with pytest.raises(ValueError, match="unknown run"):
+      reproduce.get_config(bad)
+
+
+def test_the_runs_are_three_seeds_of_the_deciding_nets_and_one_of_the_rest():
+  from configs import reproduce
+  assert reproduce.get_config("resnet18_A-seed2").seed == 2
+  seeds = {}
+  for run in reproduce.RUNS:
+    net, seed = reproduce.parse_run(run)
+    seeds.setdefault(net, []).append(seed)
+  assert {net for net, s in seeds.items() if s == [0, 1, 2]} == set(reproduce.SEEDED_NETS)
+  assert set(seeds) == set(reproduce.DEPTH_ENDPOINTS + reproduce.IMAGENET_STYLE_NETS)
+  assert all(s in ([0], [0, 1, 2]) for s in seeds.values())
+
+
+def test_round_ones_recipe_is_kept():
+  from configs import reproduce, reproduce_round_one
+  for net in reproduce.NETS:
+    one, two = reproduce_round_one.get_config(net), reproduce.get_config(net)
+    changed = {k for k in one.keys() if one[k] != two[k]}
+    expected = {"weight_decay_on"}
+    if net in reproduce.IMAGENET_STYLE_NETS:
+      expected.add("lr_reference_batch_size")
+    else:
+      expected |= {"num_epochs", "lr_decay_epochs"}
+    assert changed == expected, net
+    assert (one.weight_decay_on, one.lr_reference_batch_size) == ("kernels", 128)
+  assert reproduce_round_one.get_config("cifar_resnet56").num_epochs == 6
 
 
 def test_runner_trains_skips_finished_runs_and_reports(tmp_path, fashion_mnist_data_dir):
