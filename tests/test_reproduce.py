@@ -137,3 +137,45 @@ def test_figures_draw_training_thin_dashed_test_bold_solid_on_fixed_axes(tmp_pat
   assert list(resnet20.get_ydata()) == [1.3, 1.1, 1.0, 0.8]  # sorted by magnitude
   assert plain20.get_linestyle() == "--" and resnet20.get_linestyle() == "-"
   plt.close(fig)
+
+
+def test_the_reports_tables_are_made_from_results_json_and_the_runs_metrics():
+  sys.path.insert(0, ROOT)
+  from reproduce import report
+  folder = os.path.join(ROOT, "reproduce")
+  made = report.tables(folder)
+  with open(os.path.join(folder, "README.md")) as f:
+    marked = report.marked_tables(f.read())
+  assert set(marked) == set(made) and marked == made, (
+      "reproduce/README.md's tables differ from results.json and runs/: "
+      "run `python reproduce/report.py`")
+  # results.json's train_error is the last epoch's steps-weighted error of the run's metrics
+  with open(os.path.join(folder, "results.json")) as f:
+    rows = json.load(f)["runs"]
+  for row in rows:
+    records = report.read_records(os.path.join(folder, "runs", row["name"], "metrics.jsonl"))
+    assert report.epochs(records)[-1]["train_error"] == pytest.approx(row["train_error"])
+
+
+def test_epochs_end_at_the_evaluations_and_weight_records_by_the_steps_they_cover():
+  sys.path.insert(0, ROOT)
+  from reproduce import report
+  # steps 41-50 missing from the records (an evaluation's flush that wrote nothing)
+  records = [{"step": 20, "train_accuracy": 0.5, "train_loss": 2.0},
+             {"step": 40, "train_accuracy": 0.7, "train_loss": 1.0},
+             {"step": 50, "eval_accuracy": 0.75},
+             {"step": 60, "train_accuracy": 0.8, "train_loss": 0.5},
+             {"step": 100, "train_accuracy": 0.9, "train_loss": 0.4},
+             {"step": 100, "eval_accuracy": 0.85}]
+  by_epoch = report.epochs(records)
+  assert [e["test_error"] for e in by_epoch] == pytest.approx([0.25, 0.15])
+  assert [e["train_error"] for e in by_epoch] == pytest.approx(
+      [1 - (20 * 0.5 + 20 * 0.7) / 40, 1 - (10 * 0.8 + 40 * 0.9) / 50])
+  assert report.mean_loss(records, 1, 20) == pytest.approx(2.0)
+  assert report.mean_loss(records, 21, 40) == pytest.approx(1.0)
+  table = report.epochs_table([("`x`", records)])
+  assert table.splitlines()[-1] == "| `x` | 40.0%, 12.0% | 25.0%, 15.0% | 2.00 / 1.00 |"
+  text = "a\n<!-- table: x -->\nold\n<!-- end table -->\nb\n"
+  assert report.fill(text, {"x": table}) == f"a\n<!-- table: x -->\n{table}<!-- end table -->\nb\n"
+  with pytest.raises(SystemExit, match="y"):
+    report.fill(text.replace("table: x", "table: y"), {"x": table})
