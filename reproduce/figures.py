@@ -41,7 +41,8 @@ def _series(records, key):
   return [p[0] for p in points], [p[1] for p in points]
 
 
-def _records(runs_dir, name):
+def read_run(runs_dir: str, name: str) -> list[dict] | None:
+  """The records of RUNS_DIR/NAME/metrics.jsonl; None where the run has none."""
   path = os.path.join(runs_dir, name, "metrics.jsonl")
   if not os.path.exists(path):
     return None
@@ -112,7 +113,7 @@ def draw_all(rows: list[dict], runs_dir: str, out_dir: str) -> list[str]:
   os.makedirs(out_dir, exist_ok=True)
   figures = []
   for filename, title, error_range, panels in CURVES:
-    runs = {n: _records(runs_dir, n) for _, names in panels for n in names}
+    runs = {n: read_run(runs_dir, n) for _, names in panels for n in names}
     if any(runs.values()):
       figures.append((filename, curves_figure(title, error_range, panels, runs)))
   measured = {r["name"]: r["layer_responses"] for r in rows if r["name"] in RESPONSES}

@@ -19,17 +19,13 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import reproduce as studies  # noqa: E402
+from reproduce.figures import read_run  # noqa: E402
 from reproduce.run import steps_weighted_mean  # noqa: E402
 
 # The follow-up's runs (FOLLOWUP/NAME/metrics.jsonl), beside the same nets under the study's recipe.
 FOLLOWUP = "followup_warmup"
 FOLLOWUP_RUNS = ("plain18", "resnet18_A")
 MARKED = re.compile(r"(<!-- table: (\w+) -->\n)(.*?)(<!-- end table -->)", re.S)
-
-
-def read_records(path: str) -> list[dict]:
-  with open(path) as f:
-    return [json.loads(l) for l in f if l.strip()]
 
 
 def epochs(records: list[dict]) -> list[dict]:
@@ -105,13 +101,13 @@ def tables(out: str) -> dict[str, str]:
     made[f"{study}_runs"] = runs_table(done)
     made[f"{study}_start"] = start_table(done)
     made[f"{study}_epochs"] = epochs_table(
-        [(f"`{r['name']}`", read_records(os.path.join(out, "runs", r["name"], "metrics.jsonl")))
-         for r in done])
-  followup = [(f"`{n}`, warm-up", os.path.join(out, FOLLOWUP, n)) for n in FOLLOWUP_RUNS]
-  followup += [(f"`{n}`, study recipe", os.path.join(out, "runs", n)) for n in FOLLOWUP_RUNS]
-  if all(os.path.exists(os.path.join(d, "metrics.jsonl")) for _, d in followup):
-    made["warmup_followup"] = epochs_table(
-        [(label, read_records(os.path.join(d, "metrics.jsonl"))) for label, d in followup])
+        [(f"`{r['name']}`", read_run(os.path.join(out, "runs"), r["name"])) for r in done])
+  followup = [(f"`{n}`, warm-up", read_run(os.path.join(out, FOLLOWUP), n))
+              for n in FOLLOWUP_RUNS]
+  followup += [(f"`{n}`, study recipe", read_run(os.path.join(out, "runs"), n))
+               for n in FOLLOWUP_RUNS]
+  if all(records for _, records in followup):
+    made["warmup_followup"] = epochs_table(followup)
   return made
 
 

@@ -111,7 +111,7 @@ def test_figures_draw_training_thin_dashed_test_bold_solid_on_fixed_axes(tmp_pat
   assert all(os.path.getsize(w) > 0 for w in written)
 
   filename, title, error_range, panels = figures.CURVES[0]
-  runs = {n: figures._records(str(runs_dir), n) for _, names in panels for n in names}
+  runs = {n: figures.read_run(str(runs_dir), n) for _, names in panels for n in names}
   fig = figures.curves_figure(title, error_range, panels, runs)
   plain, residual = fig.axes
   for ax, name in ((plain, "cifar_plain20"), (residual, "cifar_resnet20")):
@@ -141,7 +141,7 @@ def test_figures_draw_training_thin_dashed_test_bold_solid_on_fixed_axes(tmp_pat
 
 def test_the_reports_tables_are_made_from_results_json_and_the_runs_metrics():
   sys.path.insert(0, ROOT)
-  from reproduce import report
+  from reproduce import figures, report
   folder = os.path.join(ROOT, "reproduce")
   made = report.tables(folder)
   with open(os.path.join(folder, "README.md")) as f:
@@ -153,7 +153,7 @@ def test_the_reports_tables_are_made_from_results_json_and_the_runs_metrics():
   with open(os.path.join(folder, "results.json")) as f:
     rows = json.load(f)["runs"]
   for row in rows:
-    records = report.read_records(os.path.join(folder, "runs", row["name"], "metrics.jsonl"))
+    records = figures.read_run(os.path.join(folder, "runs"), row["name"])
     assert report.epochs(records)[-1]["train_error"] == pytest.approx(row["train_error"])
 
 
