@@ -14,8 +14,9 @@ Then, for every finished run, it writes into --out (default: this folder):
                              test_error, params, mean_layer_response, layer_responses,
                              initial_logit_std, initial_loss, initial_kernel_norm,
                              final_kernel_norm, wall_seconds, machine}]}
-  figures/*.png             training error (solid) and test error (dashed) against iterations,
-                            like the paper's Figures 4 and 6, and the layer responses (Fig. 7)
+  figures/*.png             training error (thin, dashed) and test error (bold, solid) against
+                            iterations, as in the paper's Figures 4 and 6, and the layer
+                            responses (Fig. 7); `python reproduce/figures.py` redraws them
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""reproduce/run.py: runs the studies' configs with train.py, skips finished runs, writes
-results.json, the runs' metrics and the figures."""
+"""reproduce/: run.py runs the studies' configs with train.py, skips finished runs, writes
+results.json, the runs' metrics and the figures; figures.py draws them in the paper's
+conventions."""
 
 import json
 import os
@@ -9,8 +10,6 @@ import sys
 import pytest
 
 from train_utils import ROOT, train_env
-
-pytestmark = pytest.mark.slow  # starts train.py or trains: `pytest -m 'not slow'` skips it
 
 
 def test_configs_of_the_studies_share_the_papers_recipe():
@@ -63,6 +62,7 @@ def test_round_ones_recipe_is_kept():
   assert reproduce_round_one.get_config("cifar_resnet56").num_epochs == 6
 
 
+@pytest.mark.slow  # starts train.py: `pytest -m 'not slow'` skips it
 def test_runner_trains_skips_finished_runs_and_reports(tmp_path, fashion_mnist_data_dir):
   out = tmp_path / "report"
   out.mkdir()
@@ -110,3 +110,104 @@ def test_the_training_error_weights_each_record_by_the_steps_it_covers():
       (25 * 0.5 + 25 * 0.6 + 3 * 0.9 + 22 * 0.7) / 75)
   with pytest.raises(ValueError):
     steps_weighted_mean(records, "train_accuracy", 75)
+
+
+def _write_run(runs_dir, name, train_errors, test_errors, every=25, epoch=100):
+  """A tiny run's metrics.jsonl: a training record every `every` steps, an evaluation at the
+  end of every `epoch` steps."""
+  records = []
+  for i, error in enumerate(train_errors):
+    records.append({"step": (i + 1) * every, "train_accuracy": 1 - error, "train_loss": 1.0})
+  for i, error in enumerate(test_errors):
+    records.append({"step": (i + 1) * epoch, "eval_accuracy": 1 - error})
+  records.sort(key=lambda r: r["step"])
+  (runs_dir / name).mkdir(parents=True)
+  (runs_dir / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_figures_draw_training_thin_dashed_test_bold_solid_on_fixed_axes(tmp_path):
+  sys.path.insert(0, ROOT)
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  from reproduce import figures
+  runs_dir = tmp_path / "runs"
+  _write_run(runs_dir, "cifar_plain20", [0.9, 0.5, 0.3, 0.2, 0.15, 0.12, 0.1, 0.09], [0.4, 0.1])
+  _write_run(runs_dir, "cifar_resnet20", [0.8, 0.4, 0.2, 0.1, 0.09, 0.08, 0.07, 0.06],
+             [0.3, 0.08])
+  rows = [{"name": "cifar_plain20", "layer_responses": [20.0, 6.0, 1.2, 1.0]},
+          {"name": "cifar_resnet20", "layer_responses": [1.1, 0.8, 1.3, 1.0]}]
+  written = figures.draw_all(rows, str(runs_dir), str(tmp_path / "figures"))
+  assert sorted(os.path.basename(w) for w in written) == ["depth_study.png",
+                                                           "layer_responses.png"]
+  assert all(os.path.getsize(w) > 0 for w in written)
+
+  filename, title, error_range, panels = figures.CURVES[0]
+  runs = {n: figures.read_run(str(runs_dir), n) for _, names in panels for n in names}
+  fig = figures.curves_figure(title, error_range, panels, runs)
+  plain, residual = fig.axes
+  for ax, name in ((plain, "cifar_plain20"), (residual, "cifar_resnet20")):
+    assert ax.get_ylim() == (0, 20)  # the paper's Figure 6 range, whatever the first steps
+    train, test = ax.get_lines()
+    assert list(train.get_xdata()) == [25, 50, 75, 100, 125, 150, 175, 200]
+    assert list(test.get_xdata()) == [100, 200]
+    assert (train.get_linestyle(), test.get_linestyle()) == ("--", "-")
+    assert train.get_linewidth() < 1 and test.get_linewidth() >= 2
+    assert train.get_color() == test.get_color()  # one color per net
+    assert test.get_label() == name
+  plt.close(fig)
+  assert [c[2] for c in figures.CURVES] == [(0, 20), (0, 60)]
+
+  fig = figures.responses_figure({r["name"]: r["layer_responses"] for r in rows})
+  by_layer, by_size = fig.axes
+  for ax in (by_layer, by_size):
+    assert ax.get_yscale() == "log"
+    assert ax.get_ylim() == pytest.approx(figures.RESPONSE_RANGE)
+  plain20 = [l for l in by_layer.get_lines() if l.get_label() == "cifar_plain20"][0]
+  assert list(plain20.get_ydata()) == [20.0, 6.0, 1.2, 1.0]  # network order
+  resnet20 = [l for l in by_size.get_lines() if l.get_label() == "cifar_resnet20"][0]
+  assert list(resnet20.get_ydata()) == [1.3, 1.1, 1.0, 0.8]  # sorted by magnitude
+  assert plain20.get_linestyle() == "--" and resnet20.get_linestyle() == "-"
+  plt.close(fig)
+
+
+def test_the_reports_tables_are_made_from_results_json_and_the_runs_metrics():
+  sys.path.insert(0, ROOT)
+  from reproduce import figures, report
+  folder = os.path.join(ROOT, "reproduce")
+  made = report.tables(folder)
+  with open(os.path.join(folder, "README.md")) as f:
+    marked = report.marked_tables(f.read())
+  assert set(marked) == set(made) and marked == made, (
+      "reproduce/README.md's tables differ from results.json and runs/: "
+      "run `python reproduce/report.py`")
+  # results.json's train_error is the last epoch's steps-weighted error of the run's metrics
+  with open(os.path.join(folder, "results.json")) as f:
+    rows = json.load(f)["runs"]
+  for row in rows:
+    records = figures.read_run(os.path.join(folder, "runs"), row["name"])
+    assert report.epochs(records)[-1]["train_error"] == pytest.approx(row["train_error"])
+
+
+def test_epochs_end_at_the_evaluations_and_weight_records_by_the_steps_they_cover():
+  sys.path.insert(0, ROOT)
+  from reproduce import report
+  # steps 41-50 missing from the records (an evaluation's flush that wrote nothing)
+  records = [{"step": 20, "train_accuracy": 0.5, "train_loss": 2.0},
+             {"step": 40, "train_accuracy": 0.7, "train_loss": 1.0},
+             {"step": 50, "eval_accuracy": 0.75},
+             {"step": 60, "train_accuracy": 0.8, "train_loss": 0.5},
+             {"step": 100, "train_accuracy": 0.9, "train_loss": 0.4},
+             {"step": 100, "eval_accuracy": 0.85}]
+  by_epoch = report.epochs(records)
+  assert [e["test_error"] for e in by_epoch] == pytest.approx([0.25, 0.15])
+  assert [e["train_error"] for e in by_epoch] == pytest.approx(
+      [1 - (20 * 0.5 + 20 * 0.7) / 40, 1 - (10 * 0.8 + 40 * 0.9) / 50])
+  assert report.mean_loss(records, 1, 20) == pytest.approx(2.0)
+  assert report.mean_loss(records, 21, 40) == pytest.approx(1.0)
+  table = report.epochs_table([("`x`", records)])
+  assert table.splitlines()[-1] == "| `x` | 40.0%, 12.0% | 25.0%, 15.0% | 2.00 / 1.00 |"
+  text = "a\n<!-- table: x -->\nold\n<!-- end table -->\nb\n"
+  assert report.fill(text, {"x": table}) == f"a\n<!-- table: x -->\n{table}<!-- end table -->\nb\n"
+  with pytest.raises(SystemExit, match="y"):
+    report.fill(text.replace("table: x", "table: y"), {"x": table})
