@@ -90,18 +90,42 @@ def epochs_table(runs: list[tuple[str, list[dict]]]) -> str:
                  "loss, steps 1-25 / 26-50"), lines)
 
 
+def seeds_table(groups: dict[str, list[dict]]) -> str:
+  """Per net trained with several seeds: the mean and spread (sample standard deviation,
+  lowest and highest) of its training and test error."""
+  def spread(values):
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return f"{_pct(mean)} ± {100 * std:.2f} ({_pct(min(values))}-{_pct(max(values))})"
+  return _table(("net", "seeds", "train error, mean ± std (range)",
+                 "test error, mean ± std (range)"),
+                [(f"`{net}`", ", ".join(str(r["seed"]) for r in rows),
+                  spread([r["train_error"] for r in rows]),
+                  spread([r["test_error"] for r in rows]))
+                 for net, rows in groups.items() if len(rows) > 1])
+
+
 def tables(out: str) -> dict[str, str]:
-  """Every table of the report, by name, from OUT's results.json, runs/ and FOLLOWUP/."""
-  with open(os.path.join(out, "results.json")) as f:
-    rows = {r["name"]: r for r in json.load(f)["runs"]}
+  """Every table of the report, by name, from OUT's results.json, runs/ and FOLLOWUP/ (none
+  where OUT holds no results.json yet)."""
+  path = os.path.join(out, "results.json")
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    rows = json.load(f)["runs"]
   made = {}
-  for study, names in (("depth", studies.DEPTH_RUNS),
-                       ("imagenet_style", studies.IMAGENET_STYLE_RUNS)):
-    done = [rows[n] for n in names if n in rows]
+  for study, nets in (("depth", studies.DEPTH_NETS),
+                      ("imagenet_style", studies.IMAGENET_STYLE_NETS)):
+    done = [r for r in rows if studies.parse_run(r["name"])[0] in nets]
     made[f"{study}_runs"] = runs_table(done)
     made[f"{study}_start"] = start_table(done)
     made[f"{study}_epochs"] = epochs_table(
         [(f"`{r['name']}`", read_run(os.path.join(out, "runs"), r["name"])) for r in done])
+    groups: dict[str, list[dict]] = {}
+    for r in done:
+      groups.setdefault(studies.parse_run(r["name"])[0], []).append(r)
+    if any(len(g) > 1 for g in groups.values()):
+      made[f"{study}_seeds"] = seeds_table(groups)
   followup = [(f"`{n}`, warm-up", read_run(os.path.join(out, FOLLOWUP), n))
               for n in FOLLOWUP_RUNS]
   followup += [(f"`{n}`, study recipe", read_run(os.path.join(out, "runs"), n))

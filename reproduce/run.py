@@ -53,6 +53,8 @@ def parse_args(argv=None):
 
 
 def selected_runs(only: str) -> list[str]:
+  """The runs of a study ('depth', 'imagenet_style'), or named runs: any net of
+  configs/reproduce.py, with -seedS for another seed."""
   if not only:
     return list(studies.RUNS)
   names = []
@@ -61,10 +63,12 @@ def selected_runs(only: str) -> list[str]:
     group = {"depth": studies.DEPTH_RUNS, "imagenet_style": studies.IMAGENET_STYLE_RUNS}
     if part in group:
       names += group[part]
-    elif part in studies.RUNS:
-      names.append(part)
-    else:
-      raise SystemExit(f"error: unknown run {part!r}; runs: {', '.join(studies.RUNS)}")
+      continue
+    try:
+      studies.parse_run(part)
+    except ValueError as e:
+      raise SystemExit(f"error: {e}") from None
+    names.append(part)
   return names
 
 
@@ -202,7 +206,8 @@ def main(argv=None):
         continue
       data_flag = [f"--config.data_dir={args.data_dir}"] if args.data_dir else []
       train(name, run_dir, data_flag + args.flag)
-  done = [n for n in studies.RUNS if is_finished(os.path.join(args.workdir, n))]
+  done = [n for n in dict.fromkeys(list(studies.RUNS) + names)
+          if is_finished(os.path.join(args.workdir, n))]
   rows = []
   for name in done:
     run_dir = os.path.join(args.workdir, name)

@@ -174,13 +174,14 @@ def test_figures_draw_training_thin_dashed_test_bold_solid_on_fixed_axes(tmp_pat
 def test_the_reports_tables_are_made_from_results_json_and_the_runs_metrics():
   sys.path.insert(0, ROOT)
   from reproduce import figures, report
-  folder = os.path.join(ROOT, "reproduce")
-  made = report.tables(folder)
-  with open(os.path.join(folder, "README.md")) as f:
-    marked = report.marked_tables(f.read())
-  assert set(marked) == set(made) and marked == made, (
-      "reproduce/README.md's tables differ from results.json and runs/: "
-      "run `python reproduce/report.py`")
+  for folder in ("reproduce", "reproduce/round_one"):
+    made = report.tables(os.path.join(ROOT, folder))
+    with open(os.path.join(ROOT, folder, "README.md")) as f:
+      marked = report.marked_tables(f.read())
+    assert set(marked) == set(made) and marked == made, (
+        f"{folder}/README.md's tables differ from its results.json and runs/: run "
+        f"`python reproduce/report.py --out={folder}`")
+  folder = os.path.join(ROOT, "reproduce", "round_one")
   # results.json's train_error is the last epoch's steps-weighted error of the run's metrics
   with open(os.path.join(folder, "results.json")) as f:
     rows = json.load(f)["runs"]
@@ -211,3 +212,30 @@ def test_epochs_end_at_the_evaluations_and_weight_records_by_the_steps_they_cove
   assert report.fill(text, {"x": table}) == f"a\n<!-- table: x -->\n{table}<!-- end table -->\nb\n"
   with pytest.raises(SystemExit, match="y"):
     report.fill(text.replace("table: x", "table: y"), {"x": table})
+
+
+def test_nets_of_several_seeds_get_their_mean_and_spread(tmp_path):
+  sys.path.insert(0, ROOT)
+  from reproduce import report
+  row = dict(model="x", shortcut="A", image_size=28, steps=50, params=1, mean_layer_response=1.0,
+             layer_responses=[1.0], initial_logit_std=1.0, initial_loss=2.3,
+             initial_kernel_norm=1.0, final_kernel_norm=1.0, wall_seconds=1, machine="m")
+  rows = [dict(row, name=name, seed=seed, train_error=train, test_error=test)
+          for name, seed, train, test in (("cifar_resnet20", 0, 0.10, 0.20),
+                                          ("cifar_resnet20-seed1", 1, 0.12, 0.22),
+                                          ("cifar_resnet20-seed2", 2, 0.14, 0.27),
+                                          ("plain18", 0, 0.3, 0.3))]
+  (tmp_path / "results.json").write_text(json.dumps({"runs": rows}))
+  for r in rows:
+    (tmp_path / "runs" / r["name"]).mkdir(parents=True)
+    (tmp_path / "runs" / r["name"] / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in (
+        {"step": 25, "train_accuracy": 0.5, "train_loss": 1.0},
+        {"step": 50, "train_accuracy": 0.6, "train_loss": 0.8, "eval_accuracy": 0.7})))
+  made = report.tables(str(tmp_path))
+  assert "imagenet_style_seeds" not in made  # plain18: one seed
+  lines = made["depth_seeds"].splitlines()
+  assert len(lines) == 3
+  # train 10, 12, 14%: mean 12%, sample std 2; test 20, 22, 27%: mean 23%, std 3.61
+  assert lines[2] == ("| `cifar_resnet20` | 0, 1, 2 | 12.00% ± 2.00 (10.00%-14.00%) | "
+                      "23.00% ± 3.61 (20.00%-27.00%) |")
+  assert len(made["depth_runs"].splitlines()) == 2 + 3  # one row per seed
