@@ -171,7 +171,7 @@ def test_a_failed_evaluation_keeps_the_training_before_it(tmp_path, fashion_mnis
   from flax_resnet.data import pipeline
   from flax_resnet.errors import DataError
 
-  def bad_image(config):
+  def bad_image(config, **kwargs):
     raise DataError("cannot decode val/x/broken.jpg")
 
   monkeypatch.setattr(pipeline, "create_eval_iterator", bad_image)
