@@ -19,7 +19,7 @@ OUT/NAME/VARIANT.json: the training loss and accuracy of every step. Variants:
                PyTorch twin (reproduce/torch_twin.py); needs torch
 
 `--report` prints the table of mean losses over steps 1-25, 26-50, 51-100 and 101-300 of
-the runs done.
+the runs done, and each run's highest loss of one step.
 """
 
 from __future__ import annotations
@@ -154,17 +154,22 @@ def window_means(losses) -> list[float | None]:
 
 
 def report(out: pathlib.Path) -> str:
+  """The table of the runs in OUT: mean loss per window of steps, and the highest loss of
+  one step with its step."""
   header = ("| net | variant | " + " | ".join(f"steps {lo}-{hi}" for lo, hi in WINDOWS) +
-            " |\n|---|---|" + "---|" * len(WINDOWS))
+            " | highest (step) |\n|---|---|" + "---|" * (len(WINDOWS) + 1))
   rows = []
   for run in RUNS:
     for variant in VARIANTS:
       path = out / run / f"{variant}.json"
       if not path.exists():
         continue
-      means = window_means(json.loads(path.read_text())["loss"])
+      losses = json.loads(path.read_text())["loss"]
+      means = window_means(losses)
       cells = " | ".join("diverged" if m is None else f"{m:.2f}" for m in means)
-      rows.append(f"| {run} | {variant} | {cells} |")
+      finite = [(x, i + 1) for i, x in enumerate(losses) if x is not None]
+      highest, at = max(finite)
+      rows.append(f"| {run} | {variant} | {cells} | {highest:.1f} ({at}) |")
   return "\n".join([header, *rows])
 
 

@@ -4,8 +4,9 @@ in README.md are the data's:
     python reproduce/report.py [--out=DIR]    # rewrites the tables in DIR/README.md
 
 README.md marks each table with `<!-- table: NAME -->` and `<!-- end table -->`; NAME is a
-key of `tables()`. An epoch's training error weights each metrics record by the steps it
-covers (`run.steps_weighted_mean`); the epochs end at the evaluations.
+key of `tables()` or 'first_steps' (`first_steps_table()`). An epoch's training error
+weights each metrics record by the steps it covers (`run.steps_weighted_mean`); the epochs
+end at the evaluations.
 """
 
 from __future__ import annotations
@@ -135,6 +136,15 @@ def tables(out: str) -> dict[str, str]:
   return made
 
 
+def first_steps_table(out: str) -> dict[str, str]:
+  """The table of OUT/first_steps/ (reproduce/first_steps.py's runs), where it exists."""
+  import pathlib
+
+  from reproduce import first_steps
+  folder = pathlib.Path(out) / "first_steps"
+  return {"first_steps": first_steps.report(folder) + "\n"} if folder.is_dir() else {}
+
+
 def marked_tables(text: str) -> dict[str, str]:
   """The tables a report marks, by name."""
   return {m.group(2): m.group(3) for m in MARKED.finditer(text)}
@@ -157,7 +167,7 @@ def main(argv=None):
   with open(path) as f:
     text = f.read()
   with open(path, "w") as f:
-    f.write(fill(text, tables(args.out)))
+    f.write(fill(text, {**tables(args.out), **first_steps_table(args.out)}))
   print(f"tables of {path}: {', '.join(marked_tables(text))}")
 
 
