@@ -81,9 +81,7 @@ def get_config(run: str = "cifar_resnet20"):
   # the paper's lr per image: 0.1 per 128 on CIFAR, 0.1 per 256 on ImageNet
   config.lr_reference_batch_size = 256 if net in IMAGENET_STYLE_NETS else 128
   config.weight_decay_on = "all"  # the paper exempts no parameter
-  epochs = IMAGENET_STYLE_EPOCHS if net in IMAGENET_STYLE_NETS else DEPTH_EPOCHS
-  config.num_epochs = epochs
-  config.lr_decay_epochs = (0.5 * epochs, 0.75 * epochs)
+  set_epochs(config, IMAGENET_STYLE_EPOCHS if net in IMAGENET_STYLE_NETS else DEPTH_EPOCHS)
   config.log_every_steps = 25
   if net in IMAGENET_STYLE_NETS:
     config.image_size = IMAGENET_STYLE_SIZE
@@ -91,3 +89,9 @@ def get_config(run: str = "cifar_resnet20"):
     config.warmup_steps = 400
     config.warmup_mode = "constant"
   return config
+
+
+def set_epochs(config, epochs: float) -> None:
+  """Trains `config` for `epochs`, the lr divided by 10 at 50% and 75% of them."""
+  config.num_epochs = epochs
+  config.lr_decay_epochs = (0.5 * epochs, 0.75 * epochs)

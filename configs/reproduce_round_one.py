@@ -22,6 +22,5 @@ def get_config(run: str = "cifar_resnet20"):
   config.lr_reference_batch_size = 128
   config.weight_decay_on = "kernels"
   if run in reproduce.DEPTH_NETS:
-    config.num_epochs = DEPTH_EPOCHS
-    config.lr_decay_epochs = (0.5 * DEPTH_EPOCHS, 0.75 * DEPTH_EPOCHS)
+    reproduce.set_epochs(config, DEPTH_EPOCHS)
   return config

@@ -42,12 +42,11 @@ def _series(records, key):
 
 
 def read_run(runs_dir: str, name: str) -> list[dict] | None:
-  """The records of RUNS_DIR/NAME/metrics.jsonl; None where the run has none."""
-  path = os.path.join(runs_dir, name, "metrics.jsonl")
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return [json.loads(l) for l in f if l.strip()]
+  """The records of RUNS_DIR/NAME/metrics.jsonl (read as the library reads it); None where
+  the run has none."""
+  from flax_resnet.reporting import read_metrics
+  run_dir = os.path.join(runs_dir, name)
+  return read_metrics(run_dir) if os.path.exists(os.path.join(run_dir, "metrics.jsonl")) else None
 
 
 def _style_key():
