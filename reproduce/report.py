@@ -20,6 +20,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import reproduce as studies  # noqa: E402
+from reproduce import claims  # noqa: E402
 from reproduce.figures import read_run  # noqa: E402
 from reproduce.run import steps_weighted_mean  # noqa: E402
 
@@ -106,18 +107,52 @@ def seeds_table(groups: dict[str, list[dict]]) -> str:
                  for net, rows in groups.items() if len(rows) > 1])
 
 
+def progress_line(rows: list[dict]) -> str:
+  """How many of the runner's runs are finished, and which are still to run."""
+  done = {r["name"] for r in rows}
+  to_go = [n for n in studies.RUNS if n not in done]
+  line = f"{len(studies.RUNS) - len(to_go)} of the {len(studies.RUNS)} runs are finished"
+  return line + (f"; still to run: {', '.join(f'`{n}`' for n in to_go)}.\n" if to_go else ".\n")
+
+
+def claims_table(out: str, rows: list[dict]) -> str:
+  """The paper's claims decided by claims.py's rule from the finished runs."""
+  def measures(row):
+    first_epoch = epochs(read_run(os.path.join(out, "runs"), row["name"]))[0]
+    return dict(row, first_epoch_train_error=first_epoch["train_error"])
+  rows = [measures(r) for r in rows]
+  decisions = []
+  for claim in claims.CLAIMS:
+    study = [n for n in (studies.DEPTH_NETS, studies.IMAGENET_STYLE_NETS) if claim.low in n][0]
+    values: dict[str, list[float]] = {}
+    for r in rows:
+      net = studies.parse_run(r["name"])[0]
+      if net in study:
+        values.setdefault(net, []).append(r[claim.measure])
+    expected = [n for n in studies.RUNS if studies.parse_run(n)[0] in (claim.low, claim.high)]
+    finished = {r["name"] for r in rows} >= set(expected)
+    decisions.append(claims.decide(claim, values, claims.pooled_std(values), finished))
+  return claims.table(decisions)
+
+
 def tables(out: str) -> dict[str, str]:
-  """Every table of the report, by name, from OUT's results.json, runs/ and FOLLOWUP/ (none
-  where OUT holds no results.json yet)."""
+  """Every table of the report, by name, from OUT's results.json, runs/ and FOLLOWUP/. A
+  study's tables are made once it has a finished run; the progress and the claims tables
+  where the runs carry seeds (configs/reproduce.py's runs; round one's carry none)."""
   path = os.path.join(out, "results.json")
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    rows = json.load(f)["runs"]
+  rows = []
+  if os.path.exists(path):
+    with open(path) as f:
+      rows = json.load(f)["runs"]
   made = {}
+  if all("seed" in r for r in rows):
+    made["progress"] = progress_line(rows)
+    made["claims"] = claims_table(out, rows)
   for study, nets in (("depth", studies.DEPTH_NETS),
                       ("imagenet_style", studies.IMAGENET_STYLE_NETS)):
     done = [r for r in rows if studies.parse_run(r["name"])[0] in nets]
+    if not done:
+      continue
     made[f"{study}_runs"] = runs_table(done)
     made[f"{study}_start"] = start_table(done)
     made[f"{study}_epochs"] = epochs_table(

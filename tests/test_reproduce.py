@@ -3,6 +3,7 @@ results.json, the runs' metrics and the figures; figures.py draws them in the pa
 conventions."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -240,3 +241,81 @@ def test_nets_of_several_seeds_get_their_mean_and_spread(tmp_path):
   assert lines[2] == ("| `cifar_resnet20` | 0, 1, 2 | 12.00% ± 2.00 (10.00%-14.00%) | "
                       "23.00% ± 3.61 (20.00%-27.00%) |")
   assert len(made["depth_runs"].splitlines()) == 2 + 3  # one row per seed
+
+
+def test_each_claim_is_decided_by_the_difference_against_twice_its_standard_error():
+  sys.path.insert(0, ROOT)
+  from reproduce import claims
+  claim = claims.Claim(9, "x", "test_error", "low", "high", "paper")
+  low = [0.10, 0.12, 0.14]  # mean 0.12, sample std 0.02
+  # every HIGH below has sample std 0.02 too: se = sqrt(2 * 0.02**2 / 3) = 0.0163, 2 se = 0.0327
+  for high, d, verdict in (([0.15, 0.17, 0.19], 0.05, "reproduced"),
+                           ([0.13, 0.15, 0.17], 0.03, "within noise"),
+                           ([0.11, 0.13, 0.15], 0.01, "within noise"),
+                           ([0.06, 0.08, 0.10], -0.04, "not reproduced")):
+    decision = claims.decide(claim, {"low": low, "high": high}, None, finished=True)
+    assert decision["d"] == pytest.approx(d)
+    assert decision["se"] == pytest.approx(math.sqrt(2 * 0.02 ** 2 / 3))
+    assert decision["verdict"] == verdict, high
+  # a net of one seed takes the pooled spread; an unfinished comparison stays pending
+  one = claims.decide(claim, {"low": low, "high": [0.20]}, 0.03, finished=True)
+  assert one["se"] == pytest.approx(math.sqrt(0.02 ** 2 / 3 + 0.03 ** 2))
+  assert one["verdict"] == "reproduced"  # d = 0.08 > 2 * 0.0346
+  assert claims.decide(claim, {"low": low, "high": [0.20]}, None, True)["verdict"] == "pending"
+  assert claims.decide(claim, {"low": low, "high": high}, None, False)["verdict"] == "pending"
+  assert claims.pooled_std({"a": [1.0, 3.0], "b": [2.0, 2.0, 2.0], "c": [7.0]}) == (
+      pytest.approx(math.sqrt(2 / 3)))  # (1 * 2 + 2 * 0) / 3 degrees of freedom
+
+
+def test_the_claims_table_decides_from_the_finished_runs_and_says_what_is_missing(tmp_path):
+  sys.path.insert(0, ROOT)
+  from configs import reproduce as studies
+  from reproduce import report
+  row = dict(model="x", shortcut="A", image_size=56, steps=50, params=1, mean_layer_response=1.0,
+             layer_responses=[1.0], initial_logit_std=1.0, initial_loss=2.3,
+             initial_kernel_norm=1.0, final_kernel_norm=1.0, wall_seconds=1, machine="m")
+  # the ImageNet-style study complete, the depth study not started; test errors by net:
+  # plain18 30 +- 1, resnet18_A 29 +- 1 (3 seeds each), plain34 40, resnet34_A/B/C 20, 19.9, 30
+  test_error = {"plain18": 0.30, "resnet18_A": 0.29, "plain34": 0.40, "resnet34_A": 0.20,
+                "resnet34_B": 0.199, "resnet34_C": 0.30}
+  rows = []
+  for name in studies.IMAGENET_STYLE_RUNS:
+    net, seed = studies.parse_run(name)
+    error = test_error[net] + 0.01 * (seed - 1) * (net in studies.SEEDED_NETS)
+    rows.append(dict(row, name=name, seed=seed, train_error=error, test_error=error))
+    first_epoch_accuracy = 0.4 if net == "plain18" else 0.6  # resnet18_A converges faster
+    (tmp_path / "runs" / name).mkdir(parents=True)
+    (tmp_path / "runs" / name / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in (
+        {"step": 25, "train_accuracy": first_epoch_accuracy, "train_loss": 1.0},
+        {"step": 25, "eval_accuracy": 0.7},
+        {"step": 50, "train_accuracy": 0.8, "train_loss": 0.8},
+        {"step": 50, "eval_accuracy": 0.7})))
+  (tmp_path / "results.json").write_text(json.dumps({"runs": rows}))
+  made = report.tables(str(tmp_path))
+  assert made["progress"].startswith("10 of the 22 runs are finished; still to run: "
+                                     "`cifar_plain20`, `cifar_plain20-seed1`")
+  verdicts = {line.split(" | ")[0][2:]: line.split(" | ")[-1][:-2]
+              for line in made["claims"].splitlines()[2:]}
+  # pooled std of the seeded nets: 0.01; one seed against one seed: 2 se = 2 * sqrt(2) * 0.01
+  assert verdicts == {
+      "1. a deeper plain net trains worse (train error)": "**pending**",
+      "1. a deeper residual net trains better (train error)": "**pending**",
+      "1. a deeper residual net tests better (test error)": "**pending**",
+      "1. at 56 layers the residual net trains better than the plain one (train error)":
+          "**pending**",
+      "1. at 56 layers the residual net tests better than the plain one (test error)":
+          "**pending**",
+      "2. residual layers respond less than plain ones (20 layers) (mean layer response)":
+          "**pending**",
+      "2. residual layers respond less than plain ones (56 layers) (mean layer response)":
+          "**pending**",
+      "2. the deeper residual net responds less (mean layer response)": "**pending**",
+      "3. plain-34 trains worse than plain-18 (train error)": "**reproduced**",
+      "3. plain-34 tests worse than plain-18 (test error)": "**reproduced**",
+      "3. ResNet-34 tests better than ResNet-18 (test error)": "**reproduced**",
+      "3. ResNet-34 tests better than plain-34 (test error)": "**reproduced**",
+      "3. ResNet-18 converges faster than plain-18 (first epoch train error)": "**reproduced**",
+      "4. option B tests better than option A (test error)": "**within noise**",
+      "4. option C tests better than option B (test error)": "**not reproduced**"}
+  assert "`plain18` 30.00% ± 1.00 (3 seeds) below `plain34` 40.00% (1 seed)" in made["claims"]
+  assert "`cifar_plain20` not run yet" in made["claims"]
