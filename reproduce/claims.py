@@ -73,16 +73,16 @@ CLAIMS = (
 PERCENT = ("train_error", "test_error", "first_epoch_train_error")
 
 
-def _mean(values):
+def mean(values):
   return sum(values) / len(values)
 
 
-def _std(values):
+def sample_std(values):
   """The sample standard deviation; None for one value."""
   if len(values) < 2:
     return None
-  mean = _mean(values)
-  return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+  center = mean(values)
+  return math.sqrt(sum((v - center) ** 2 for v in values) / (len(values) - 1))
 
 
 def pooled_std(by_net: dict[str, list[float]]) -> float | None:
@@ -91,7 +91,7 @@ def pooled_std(by_net: dict[str, list[float]]) -> float | None:
   dof = sum(len(v) - 1 for v in seeded)
   if not dof:
     return None
-  return math.sqrt(sum((len(v) - 1) * _std(v) ** 2 for v in seeded) / dof)
+  return math.sqrt(sum((len(v) - 1) * sample_std(v) ** 2 for v in seeded) / dof)
 
 
 def decide(claim: Claim, values: dict[str, list[float]], pooled: float | None,
@@ -102,8 +102,8 @@ def decide(claim: Claim, values: dict[str, list[float]], pooled: float | None,
   low, high = values.get(claim.low, []), values.get(claim.high, [])
   out = {"claim": claim, "low": low, "high": high, "d": None, "se": None}
   if low and high:
-    s_low, s_high = _std(low) or pooled, _std(high) or pooled
-    out["d"] = _mean(high) - _mean(low)
+    s_low, s_high = sample_std(low) or pooled, sample_std(high) or pooled
+    out["d"] = mean(high) - mean(low)
     if s_low is not None and s_high is not None:
       out["se"] = math.sqrt(s_low ** 2 / len(low) + s_high ** 2 / len(high))
   if not finished or out["se"] is None:
@@ -124,10 +124,10 @@ def _figure(measure: str, x: float) -> str:
 def _net(measure: str, net: str, values: list[float]) -> str:
   if not values:
     return f"`{net}` not run yet"
-  spread = _std(values)
+  spread = sample_std(values)
   sd = "" if spread is None else f" ± {_figure(measure, spread).rstrip('%')}"
   seeds = "1 seed" if len(values) == 1 else f"{len(values)} seeds"
-  return f"`{net}` {_figure(measure, _mean(values))}{sd} ({seeds})"
+  return f"`{net}` {_figure(measure, mean(values))}{sd} ({seeds})"
 
 
 def table(decisions: list[dict]) -> str:

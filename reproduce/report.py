@@ -96,9 +96,8 @@ def seeds_table(groups: dict[str, list[dict]]) -> str:
   """Per net trained with several seeds: the mean and spread (sample standard deviation,
   lowest and highest) of its training and test error."""
   def spread(values):
-    mean = sum(values) / len(values)
-    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-    return f"{_pct(mean)} ± {100 * std:.2f} ({_pct(min(values))}-{_pct(max(values))})"
+    return (f"{_pct(claims.mean(values))} ± {100 * claims.sample_std(values):.2f} "
+            f"({_pct(min(values))}-{_pct(max(values))})")
   return _table(("net", "seeds", "train error, mean ± std (range)",
                  "test error, mean ± std (range)"),
                 [(f"`{net}`", ", ".join(str(r["seed"]) for r in rows),
