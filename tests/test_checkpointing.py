@@ -1,6 +1,7 @@
 """Checkpoints (flax_resnet.checkpointing): a round trip, restoring on another device count,
 the fallback past an unreadable checkpoint, and the refusal of another model's checkpoint."""
 
+import gc
 import os
 
 import jax
@@ -72,6 +73,10 @@ def test_unreadable_newest_falls_back_and_is_kept_aside(tmp_path, capsys):
 
 
 @pytest.mark.slow
+# orbax leaves the reads of the refused restore as coroutines never awaited; collected here
+# (not in whichever test runs next), they are its debris, not a fault of this test.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("ignore:coroutine '_read_array_index_and_device_put' was never awaited")
 def test_checkpoint_of_another_shape_is_refused_untouched(tmp_path):
   """orbax reports a target of other shapes only in its message's text
   (checkpointing._is_structure_mismatch): if that text changes, this CheckpointError turns
@@ -82,6 +87,7 @@ def test_checkpoint_of_another_shape_is_refused_untouched(tmp_path):
   with pytest.raises(CheckpointError, match="does not fit this model"):
     ckpt.restore_latest(jax.eval_shape(lambda: other))
   ckpt.close()
+  gc.collect()
   assert sorted(os.listdir(tmp_path)) == ["1"]
 
 
