@@ -132,8 +132,8 @@ def _net(measure: str, net: str, values: list[float]) -> str:
 
 def table(decisions: list[dict]) -> str:
   """The claims table: one row per claim, the paper's evidence, ours, and the verdict."""
-  lines = ["| claim | the paper | ours, the net expected lower first: mean ± sample std | difference (2 se) | verdict |",
-           "|---|---|---|---|---|"]
+  lines = ["| claim | the paper | ours, the net expected lower first: mean ± sample std "
+           "| difference (2 se) | verdict |", "|---|---|---|---|---|"]
   for x in decisions:
     c = x["claim"]
     ours = f"{_net(c.measure, c.low, x['low'])} below {_net(c.measure, c.high, x['high'])}"

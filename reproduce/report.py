@@ -114,23 +114,30 @@ def progress_line(rows: list[dict]) -> str:
   return line + (f"; still to run: {', '.join(f'`{n}`' for n in to_go)}.\n" if to_go else ".\n")
 
 
-def claims_table(out: str, rows: list[dict]) -> str:
-  """The paper's claims decided by claims.py's rule from the finished runs."""
-  def measures(row):
-    first_epoch = epochs(read_run(os.path.join(out, "runs"), row["name"]))[0]
-    return dict(row, first_epoch_train_error=first_epoch["train_error"])
-  rows = [measures(r) for r in rows]
+STUDIES = (("depth", studies.DEPTH_NETS), ("imagenet_style", studies.IMAGENET_STYLE_NETS))
+
+
+def by_net(rows: list[dict]) -> dict[str, list[dict]]:
+  """The rows grouped by net (a net's seeds together), in their order."""
+  groups: dict[str, list[dict]] = {}
+  for r in rows:
+    groups.setdefault(studies.parse_run(r["name"])[0], []).append(r)
+  return groups
+
+
+def claims_table(rows: list[dict]) -> str:
+  """The paper's claims decided by claims.py's rule from the finished runs (rows carrying
+  every measure of claims.CLAIMS)."""
+  groups = by_net(rows)
+  finished = {r["name"] for r in rows}
   decisions = []
   for claim in claims.CLAIMS:
-    study = [n for n in (studies.DEPTH_NETS, studies.IMAGENET_STYLE_NETS) if claim.low in n][0]
-    values: dict[str, list[float]] = {}
-    for r in rows:
-      net = studies.parse_run(r["name"])[0]
-      if net in study:
-        values.setdefault(net, []).append(r[claim.measure])
-    expected = [n for n in studies.RUNS if studies.parse_run(n)[0] in (claim.low, claim.high)]
-    finished = {r["name"] for r in rows} >= set(expected)
-    decisions.append(claims.decide(claim, values, claims.pooled_std(values), finished))
+    nets = next(nets for _, nets in STUDIES if claim.low in nets)
+    values = {net: [r[claim.measure] for r in group]
+              for net, group in groups.items() if net in nets}
+    expected = {n for n in studies.RUNS if studies.parse_run(n)[0] in (claim.low, claim.high)}
+    decisions.append(claims.decide(claim, values, claims.pooled_std(values),
+                                   finished >= expected))
   return claims.table(decisions)
 
 
@@ -143,22 +150,21 @@ def tables(out: str) -> dict[str, str]:
   if os.path.exists(path):
     with open(path) as f:
       rows = json.load(f)["runs"]
+  records = {r["name"]: read_run(os.path.join(out, "runs"), r["name"]) for r in rows}
   made = {}
   if all("seed" in r for r in rows):
     made["progress"] = progress_line(rows)
-    made["claims"] = claims_table(out, rows)
-  for study, nets in (("depth", studies.DEPTH_NETS),
-                      ("imagenet_style", studies.IMAGENET_STYLE_NETS)):
+    made["claims"] = claims_table(
+        [dict(r, first_epoch_train_error=epochs(records[r["name"]])[0]["train_error"])
+         for r in rows])
+  for study, nets in STUDIES:
     done = [r for r in rows if studies.parse_run(r["name"])[0] in nets]
     if not done:
       continue
     made[f"{study}_runs"] = runs_table(done)
     made[f"{study}_start"] = start_table(done)
-    made[f"{study}_epochs"] = epochs_table(
-        [(f"`{r['name']}`", read_run(os.path.join(out, "runs"), r["name"])) for r in done])
-    groups: dict[str, list[dict]] = {}
-    for r in done:
-      groups.setdefault(studies.parse_run(r["name"])[0], []).append(r)
+    made[f"{study}_epochs"] = epochs_table([(f"`{r['name']}`", records[r["name"]]) for r in done])
+    groups = by_net(done)
     if any(len(g) > 1 for g in groups.values()):
       made[f"{study}_seeds"] = seeds_table(groups)
   followup = [(f"`{n}`, warm-up", read_run(os.path.join(out, FOLLOWUP), n))
