@@ -101,18 +101,22 @@ class Checkpointer:
         continue
       if check_meta is not None:
         check_meta(meta)
+      target = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_for(meta))
       try:
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(
-                jax.tree.map(ocp.utils.to_shape_dtype_struct, target_for(meta)))))
-      except (ValueError, KeyError) as e:
-        if _is_structure_mismatch(e):
-          raise CheckpointError(
-              f"the checkpoint at step {step} in {self.directory} does not fit this model "
-              f"({_first_line(e)}); use a new --workdir, or the config that wrote it") from e
+        saved = _shapes(_saved_layout(fs.user_path(self.directory) / str(step) / "state"))
+      except Exception as e:  # noqa: BLE001
         failures.append((step, e))
         continue
-      except Exception as e:  # noqa: BLE001
+      # checked before orbax reads anything: a refused restore leaves no reads behind
+      misfit = _misfit(saved, _shapes(target))
+      if misfit:
+        raise CheckpointError(
+            f"the checkpoint at step {step} in {self.directory} does not fit this model "
+            f"({misfit}); use a new --workdir, or the config that wrote it")
+      try:
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target)))
+      except Exception as e:  # noqa: BLE001 - unreadable (truncated, corrupt): try older
         failures.append((step, e))
         continue
       for bad_step, error in failures:
@@ -262,9 +266,8 @@ def read_checkpoint(directory: str, step: int | None = None) -> tuple[int, dict,
   one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   try:
     with ocp.StandardCheckpointer() as checkpointer:
-      saved = checkpointer.metadata(path).item_metadata.tree
-      target = jax.tree.map(
-          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device), saved)
+      target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device),
+                            _saved_layout(path))
       state = jax.device_get(checkpointer.restore(path, target))
   except Exception as e:  # noqa: BLE001
     raise _unreadable(step, directory, steps, e) from e
@@ -292,9 +295,38 @@ def _first_line(error: Exception) -> str:
   return (text[0] if text else type(error).__name__)[:300]
 
 
-def _is_structure_mismatch(error: Exception) -> bool:
-  """Whether orbax refused a restore because the saved tree does not fit the target (another
-  model) rather than because the files are unreadable. orbax says so only in its message:
-  the one match on its text is here, and tests/test_checkpointing.py fails if it changes."""
-  text = str(error).lower()
-  return any(w in text for w in ("shape", "structure", "mismatch", "tree"))
+def _saved_layout(path):
+  """The state saved at `path` as a tree of orbax's array metadata (shape, dtype), read from
+  its metadata file alone."""
+  handler = ocp.StandardCheckpointHandler()
+  try:
+    return handler.metadata(path)
+  finally:
+    handler.close()
+
+
+def _shapes(tree) -> dict[str, tuple]:
+  """{'params/fc/kernel': shape, ...}: a state's arrays by path, the same for a TrainState
+  and for the nested dicts and lists orbax saves it as."""
+  def name(key):
+    for field in ("name", "key", "idx"):
+      if hasattr(key, field):
+        return str(getattr(key, field))
+    return str(key)
+  return {"/".join(name(k) for k in path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _misfit(saved: dict[str, tuple], wanted: dict[str, tuple]) -> str:
+  """What keeps a saved state from restoring into `wanted` ('' where nothing): arrays
+  missing, arrays this model lacks, arrays of other shapes, five of each named."""
+  def listed(label, items):
+    return f"{label}: {', '.join(items[:5])}" + (
+        f" and {len(items) - 5} more" if len(items) > 5 else "")
+  missing = [k for k in wanted if k not in saved]
+  extra = [k for k in saved if k not in wanted]
+  shapes = [f"{k} is {saved[k]}, this model's {wanted[k]}" for k in wanted
+            if k in saved and saved[k] != wanted[k]]
+  return "; ".join(listed(label, items) for label, items in (
+      ("not in the checkpoint", missing), ("not in this model", extra),
+      ("other shapes", shapes)) if items)

@@ -43,8 +43,8 @@ def test_load_gives_the_logits_the_run_evaluated_with(trained_run):
   assert run.model.num_classes == 10 and run.model.axis_name is None
   assert run.config.ema_decay == 0.5 and run.config.widths == (4, 8, 8)
   assert run.class_names == list(FASHION_MNIST_CLASSES)
-  assert json.loads(open(os.path.join(workdir, "classes.json")).read())["classes"] == list(
-      FASHION_MNIST_CLASSES)
+  with open(os.path.join(workdir, "classes.json")) as f:
+    assert json.load(f)["classes"] == list(FASHION_MNIST_CLASSES)
   accuracy, loss = eval_metrics(run, config)
   assert accuracy == pytest.approx(result["eval_accuracy"], abs=1e-6)
   assert loss == pytest.approx(result["eval_loss"], rel=1e-5)
