@@ -29,7 +29,8 @@ from flax_resnet.errors import CheckpointError
 
 
 class Checkpointer:
-  """A thin CheckpointManager: asynchronous saves, newest-first restore with fallback."""
+  """A thin CheckpointManager: asynchronous saves, newest-first restore with fallback.
+  Close it (`close()`, or use it as a context manager) when done."""
 
   def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
     self.directory = str(fs.user_path(directory))  # local: absolute; gs://...: as given
@@ -149,9 +150,17 @@ class Checkpointer:
     with self._failure_as_error(self._saving):
       self.manager.wait_until_finished()
 
+  def __enter__(self) -> "Checkpointer":
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
+
   def close(self) -> None:
     """Waits for the started saves and releases orbax's threads, whatever happens; raises a
-    save's failure (once) after that."""
+    save's failure (once) after that. An unclosed Checkpointer's threads and event loop are
+    left to the garbage collector, which ends them with tensorstore's 'Event loop is
+    closed' errors."""
     try:
       self.wait()
     finally:

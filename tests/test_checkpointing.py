@@ -103,7 +103,8 @@ def test_checkpoint_from_eight_devices_restores_on_one(tmp_path):
   parallel1 = DataParallel("pmap", jax.devices()[:1])
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
       x.shape, x.dtype, sharding=parallel1.replicated_sharding()), state)
-  restored, meta = Checkpointer(str(tmp_path)).restore_latest(target)
+  with Checkpointer(str(tmp_path)) as ckpt:
+    restored, meta = ckpt.restore_latest(target)
   assert meta == {"model": "x"}
   assert restored.params["fc"]["kernel"].sharding.device_set == {jax.devices()[0]}
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored),

@@ -240,15 +240,15 @@ def test_restore_switches_ema_on_or_off(tmp_path, saved_ema, want_ema):
   tx = optim.create_optimizer(default.get_config(), lambda s: 0.1)
   saved = with_ema(state) if saved_ema else state
   saved = saved.replace(step=jnp.int32(7))
-  ckpt = Checkpointer(str(tmp_path), keep=1)
-  ckpt.save(7, saved, {"config": {"ema_decay": 0.9} if saved_ema else {}})
-  ckpt.wait()
+  with Checkpointer(str(tmp_path), keep=1) as ckpt:
+    ckpt.save(7, saved, {"config": {"ema_decay": 0.9} if saved_ema else {}})
   model = create_model("cifar_resnet20", num_classes=10, widths=(8, 16, 16), axis_name=AXIS)
   make_state = functools.partial(create_train_state, model, tx, (16, 16, 3), ema=want_ema)
   identity = lambda tree: tree
   parallel = DataParallel("shard_map", jax.devices()[:1])
-  restored, start = restore_or_initialize(Checkpointer(str(tmp_path)), make_state, 0, identity,
-                                          identity, parallel, lambda meta: None, ema=want_ema)
+  with Checkpointer(str(tmp_path)) as ckpt:
+    restored, start = restore_or_initialize(ckpt, make_state, 0, identity, identity, parallel,
+                                            lambda meta: None, ema=want_ema)
   restored = jax.device_get(restored)
   assert start == 7
   assert_trees_equal(restored.params, state.params)
