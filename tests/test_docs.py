@@ -173,20 +173,21 @@ def test_nnx_example_runs():
 
 def test_tests_named_in_the_reliability_table_exist():
   """Each guarantee of README's reliability table names tests that exist (`test_bad_*`: a
-  prefix)."""
+  prefix), in the file it names (`test_faults.py::test_...`)."""
   text = (ROOT / "README.md").read_text()
   table = text.split("## Reliability", 1)[1].split("\n## ", 1)[0]
-  defined = set()
-  for path in (ROOT / "tests").glob("test_*.py"):
-    defined |= set(re.findall(r"^def (test_\w+)", path.read_text(), flags=re.M))
+  defined = {path.name: set(re.findall(r"^def (test_\w+)", path.read_text(), flags=re.M))
+             for path in (ROOT / "tests").glob("test_*.py")}
   missing = []
-  for name in sorted(set(re.findall(r"(?<![\w/])(test_\w+(?:\.py|\*)?)", table))):
-    if name.endswith(".py"):
-      found = (ROOT / "tests" / name).is_file()
-    elif name.endswith("*"):
-      found = any(d.startswith(name[:-1]) for d in defined)
-    else:
+  named = re.findall(r"(?<![\w/])(?:(test_\w+\.py)::)?(test_\w+(?:\.py|\*)?)", table)
+  for file, name in sorted(set(named)):
+    names = defined.get(file, set()) if file else set().union(*defined.values())
+    if name.endswith(".py"):  # a whole file
       found = name in defined
+    elif name.endswith("*"):
+      found = any(d.startswith(name[:-1]) for d in names)
+    else:
+      found = name in names
     if not found:
-      missing.append(name)
+      missing.append(f"{file}::{name}" if file else name)
   assert not missing, f"README's reliability table names missing tests: {missing}"
