@@ -109,11 +109,11 @@ class Checkpointer:
         failures.append((step, e))
         continue
       # checked before orbax reads anything: a refused restore leaves no reads behind
-      misfit = _misfit(saved, _shapes(target))
-      if misfit:
+      problems = misfit(saved, _shapes(target))
+      if problems:
         raise CheckpointError(
             f"the checkpoint at step {step} in {self.directory} does not fit this model "
-            f"({misfit}); use a new --workdir, or the config that wrote it")
+            f"({problems}); use a new --workdir, or the config that wrote it")
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target)))
@@ -326,16 +326,17 @@ def _shapes(tree) -> dict[str, tuple]:
           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def _misfit(saved: dict[str, tuple], wanted: dict[str, tuple]) -> str:
-  """What keeps a saved state from restoring into `wanted` ('' where nothing): arrays
-  missing, arrays this model lacks, arrays of other shapes, five of each named."""
+def misfit(saved: dict[str, tuple], wanted: dict[str, tuple], tolerated=None) -> str:
+  """What keeps arrays `saved` ({path: shape}) from loading into `wanted` ('' where
+  nothing): arrays missing, arrays the model lacks, arrays of other shapes, five of each
+  named. `tolerated(path, saved_shape, wanted_shape)` may accept a difference of shape."""
   def listed(label, items):
     return f"{label}: {', '.join(items[:5])}" + (
         f" and {len(items) - 5} more" if len(items) > 5 else "")
   missing = [k for k in wanted if k not in saved]
   extra = [k for k in saved if k not in wanted]
   shapes = [f"{k} is {saved[k]}, this model's {wanted[k]}" for k in wanted
-            if k in saved and saved[k] != wanted[k]]
+            if k in saved and saved[k] != wanted[k]
+            and not (tolerated and tolerated(k, saved[k], wanted[k]))]
   return "; ".join(listed(label, items) for label, items in (
-      ("not in the checkpoint", missing), ("not in this model", extra),
-      ("other shapes", shapes)) if items)
+      ("missing", missing), ("not in this model", extra), ("other shapes", shapes)) if items)

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flax_resnet import fs, scan_layout
+from flax_resnet import checkpointing, fs, scan_layout
 from flax_resnet.errors import CheckpointError, ConfigError
 from flax_resnet.optim import HEAD
 
@@ -90,17 +90,10 @@ def check_fits(variables, expected, what: str) -> None:
   wanted = {"/".join(k): v.shape for k, v in flax.traverse_util.flatten_dict(
       dict(expected)).items()}
   head = f"params/{HEAD}/"
-  missing = [k for k in wanted if k not in given]
-  extra = [k for k in given if k not in wanted]
-  shapes = [f"{k} is {given[k]}, this model's {wanted[k]}" for k in wanted
-            if k in given and given[k] != wanted[k]
-            and not (k.startswith(head) and given[k][:-1] == wanted[k][:-1])]
-  problems = [f"{label}: {', '.join(keys[:5])}" + (f" and {len(keys) - 5} more"
-                                                   if len(keys) > 5 else "")
-              for label, keys in (("missing", missing), ("not in this model", extra),
-                                  ("other shapes", shapes)) if keys]
+  problems = checkpointing.misfit(
+      given, wanted, tolerated=lambda k, a, b: k.startswith(head) and a[:-1] == b[:-1])
   if problems:
-    raise CheckpointError(f"{what} does not fit this run's network ({'; '.join(problems)}); "
+    raise CheckpointError(f"{what} does not fit this run's network ({problems}); "
                           "init_from needs the same model, widths and image channels")
 
 
