@@ -104,12 +104,12 @@ class Checkpointer:
         check_meta(meta)
       target = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_for(meta))
       try:
-        saved = _shapes(_saved_layout(fs.user_path(self.directory) / str(step) / "state"))
+        saved = array_shapes(_saved_layout(fs.user_path(self.directory) / str(step) / "state"))
       except Exception as e:  # noqa: BLE001
         failures.append((step, e))
         continue
       # checked before orbax reads anything: a refused restore leaves no reads behind
-      problems = misfit(saved, _shapes(target))
+      problems = misfit(saved, array_shapes(target))
       if problems:
         raise CheckpointError(
             f"the checkpoint at step {step} in {self.directory} does not fit this model "
@@ -314,7 +314,7 @@ def _saved_layout(path):
     handler.close()
 
 
-def _shapes(tree) -> dict[str, tuple]:
+def array_shapes(tree) -> dict[str, tuple]:
   """{'params/fc/kernel': shape, ...}: a state's arrays by path, the same for a TrainState
   and for the nested dicts and lists orbax saves it as."""
   def name(key):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -85,10 +84,8 @@ def _variable_shapes(model, image_shape) -> dict:
 def check_fits(variables, expected, what: str) -> None:
   """One CheckpointError naming the missing, unexpected and mis-shaped variables of
   `variables` against `expected` (the classifier's output size may differ)."""
-  given = {"/".join(k): np.shape(v) for k, v in flax.traverse_util.flatten_dict(
-      {c: variables.get(c, {}) for c in expected}).items()}
-  wanted = {"/".join(k): v.shape for k, v in flax.traverse_util.flatten_dict(
-      dict(expected)).items()}
+  given = checkpointing.array_shapes({c: variables.get(c, {}) for c in expected})
+  wanted = checkpointing.array_shapes(dict(expected))
   head = f"params/{HEAD}/"
   problems = checkpointing.misfit(
       given, wanted, tolerated=lambda k, a, b: k.startswith(head) and a[:-1] == b[:-1])
