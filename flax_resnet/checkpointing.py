@@ -25,6 +25,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from flax_resnet import fs
+from flax_resnet.array_fit import array_shapes, misfit
 from flax_resnet.errors import CheckpointError
 
 
@@ -312,31 +313,3 @@ def _saved_layout(path):
     return handler.metadata(path)
   finally:
     handler.close()
-
-
-def array_shapes(tree) -> dict[str, tuple]:
-  """{'params/fc/kernel': shape, ...}: a state's arrays by path, the same for a TrainState
-  and for the nested dicts and lists orbax saves it as."""
-  def name(key):
-    for field in ("name", "key", "idx"):
-      if hasattr(key, field):
-        return str(getattr(key, field))
-    return str(key)
-  return {"/".join(name(k) for k in path): tuple(leaf.shape)
-          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
-
-
-def misfit(saved: dict[str, tuple], wanted: dict[str, tuple], tolerated=None) -> str:
-  """What keeps arrays `saved` ({path: shape}) from loading into `wanted` ('' where
-  nothing): arrays missing, arrays the model lacks, arrays of other shapes, five of each
-  named. `tolerated(path, saved_shape, wanted_shape)` may accept a difference of shape."""
-  def listed(label, items):
-    return f"{label}: {', '.join(items[:5])}" + (
-        f" and {len(items) - 5} more" if len(items) > 5 else "")
-  missing = [k for k in wanted if k not in saved]
-  extra = [k for k in saved if k not in wanted]
-  shapes = [f"{k} is {saved[k]}, this model's {wanted[k]}" for k in wanted
-            if k in saved and saved[k] != wanted[k]
-            and not (tolerated and tolerated(k, saved[k], wanted[k]))]
-  return "; ".join(listed(label, items) for label, items in (
-      ("missing", missing), ("not in this model", extra), ("other shapes", shapes)) if items)

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flax_resnet.array_fit import misfit
 from flax_resnet.models import BasicBlock, BottleneckBlock, ResNet
 from flax_resnet.named_models import MODEL_SPECS, create_model
 
@@ -35,7 +36,6 @@ from flax_resnet.named_models import MODEL_SPECS, create_model
 _TORCH_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
                "var": "running_var"}
 _LEAF_ORDER = ("kernel", "scale", "bias", "mean", "var")
-_MAX_LISTED = 10
 ModulePath = tuple[str, ...]  # our module path, e.g. ('stage2', 'block1', 'shortcut', 'conv')
 
 
@@ -165,27 +165,10 @@ def _convertible_model(model_name: str, **overrides) -> ResNet:
   return _checked_model("torchvision", model_name, model_name, **overrides)
 
 
-def _listed(keys: list) -> str:
-  more = len(keys) - _MAX_LISTED
-  return ", ".join(map(str, keys[:_MAX_LISTED])) + (f" ... and {more} more" if more > 0 else "")
-
-
-def _check_keys(what: str, given: Mapping[str, tuple], expected: Mapping[str, tuple],
-                optional: set[str] = frozenset()):
-  """One ValueError naming every missing, unexpected and mis-shaped key (name -> shape)."""
-  missing = [k for k in expected if k not in given]
-  extra = [k for k in given if k not in expected and k not in optional]
-  shapes = [f"{k} is {tuple(given[k])}, expected {tuple(expected[k])}"
-            for k in expected if k in given and tuple(given[k]) != tuple(expected[k])]
-  problems = []
-  if missing:
-    problems.append(f"missing keys: {_listed(missing)}")
-  if extra:
-    problems.append(f"unexpected keys: {_listed(extra)}")
-  if shapes:
-    problems.append(f"wrong shapes: {_listed(shapes)}")
+def _refuse_misfit(what: str, problems: str) -> None:
+  """One ValueError naming every missing, unexpected and mis-shaped key, where there are any."""
   if problems:
-    raise ValueError(f"{what}: " + "; ".join(problems))
+    raise ValueError(f"{what}: {problems}")
 
 
 def _to_numpy(value) -> np.ndarray:
@@ -261,11 +244,11 @@ def state_dict_to_variables(state_dict: Mapping[str, Any] | str | os.PathLike,
   model = make_model(**overrides)
   layout = _layout(model, naming)
   entries = {k: v for k, v in layout.items() if v is not None}
-  _check_keys(f"state dict does not fit {naming.library}'s {name} "
-              f"(num_classes={model.num_classes})",
-              {k: v.shape for k, v in state.items()},
-              {k: shape for k, (_, _, shape) in entries.items()},
-              optional={k for k, v in layout.items() if v is None})
+  _refuse_misfit(f"state dict does not fit {naming.library}'s {name} "
+                 f"(num_classes={model.num_classes})",
+                 misfit({k: v.shape for k, v in state.items()},
+                        {k: shape for k, (_, _, shape) in entries.items()},
+                        ignored={k for k, v in layout.items() if v is None}))
   flat = {key: jnp.asarray(_to_flax_layout(kind, state[key_name]), jnp.float32)
           for key_name, (key, kind, _) in entries.items()}
   return model, flax.traverse_util.unflatten_dict(flat)
@@ -285,8 +268,8 @@ def variables_to_state_dict(variables: Mapping, naming: TorchNaming, name: str,
   entries = {k: v for k, v in layout.items() if v is not None}
   expected = {"/".join(key): _to_flax_layout(kind, np.empty(shape, np.uint8)).shape
               for key, kind, shape in entries.values()}
-  _check_keys(f"variables do not fit {name} (num_classes={model.num_classes})",
-              {"/".join(k): np.shape(v) for k, v in flat.items()}, expected)
+  _refuse_misfit(f"variables do not fit {name} (num_classes={model.num_classes})",
+                 misfit({"/".join(k): np.shape(v) for k, v in flat.items()}, expected))
   state = {}
   for key_name, entry in layout.items():
     if entry is None:

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flax_resnet import checkpointing, fs, scan_layout
+from flax_resnet import array_fit, fs, scan_layout
 from flax_resnet.errors import CheckpointError, ConfigError
 from flax_resnet.optim import HEAD
 
@@ -84,10 +84,10 @@ def _variable_shapes(model, image_shape) -> dict:
 def check_fits(variables, expected, what: str) -> None:
   """One CheckpointError naming the missing, unexpected and mis-shaped variables of
   `variables` against `expected` (the classifier's output size may differ)."""
-  given = checkpointing.array_shapes({c: variables.get(c, {}) for c in expected})
-  wanted = checkpointing.array_shapes(dict(expected))
+  given = array_fit.array_shapes({c: variables.get(c, {}) for c in expected})
+  wanted = array_fit.array_shapes(dict(expected))
   head = f"params/{HEAD}/"
-  problems = checkpointing.misfit(
+  problems = array_fit.misfit(
       given, wanted, tolerated=lambda k, a, b: k.startswith(head) and a[:-1] == b[:-1])
   if problems:
     raise CheckpointError(f"{what} does not fit this run's network ({problems}); "

@@ -126,16 +126,16 @@ def test_errors_name_the_missing_extra_and_misshaped_keys():
   with pytest.raises(ValueError) as error:
     from_torchvision(broken, "resnet18")
   message = str(error.value)
-  assert "missing keys: layer3.1.bn2.running_mean" in message
-  assert "unexpected keys: layer5.0.conv1.weight" in message
+  assert "missing: layer3.1.bn2.running_mean" in message
+  assert "unexpected: layer5.0.conv1.weight" in message
   assert "layer1.0.conv2.weight is (64, 64, 1, 1), expected (64, 64, 3, 3)" in message
-  with pytest.raises(ValueError, match="missing keys: layer1.0.conv3.weight"):
+  with pytest.raises(ValueError, match="missing: layer1.0.conv3.weight"):
     from_torchvision(state, "resnet50")  # a ResNet-18 checkpoint for a ResNet-50
 
 
 def test_to_torchvision_rejects_variables_of_another_model():
   variables = random_variables(create_model("resnet18"))
-  with pytest.raises(ValueError, match="missing keys: params/stage1/block1/conv3/kernel"):
+  with pytest.raises(ValueError, match="missing: params/stage1/block1/conv3/kernel"):
     to_torchvision(variables, "resnet50")
   with pytest.raises(ValueError, match="no params/fc/kernel"):
     to_torchvision({"params": {}}, "resnet18")

@@ -112,14 +112,14 @@ def test_strict_keys_with_a_clear_error():
     from_timm(broken, "resnetv2_18")
   message = str(error.value)
   assert "state dict does not fit timm's resnetv2_18" in message
-  assert "missing keys: stages.2.blocks.1.norm2.running_mean" in message
-  assert "unexpected keys: stages.4.blocks.0.conv1.weight" in message
+  assert "missing: stages.2.blocks.1.norm2.running_mean" in message
+  assert "unexpected: stages.4.blocks.0.conv1.weight" in message
   assert ("stages.0.blocks.0.conv2.weight is (64, 64, 1, 1), expected (64, 64, 3, 3)"
           in message)
   plain = to_timm(random_variables(create_model("resnet50")), "resnet50")
-  with pytest.raises(ValueError, match="missing keys: conv1.0.weight"):
+  with pytest.raises(ValueError, match="missing: conv1.0.weight"):
     from_timm(plain, "resnet50d")  # a resnet50 checkpoint for a resnet50d
-  with pytest.raises(ValueError, match="missing keys: params/final_bn/scale"):
+  with pytest.raises(ValueError, match="missing: params/final_bn/scale"):
     to_timm(random_variables(create_model("resnet18")), "resnetv2_18")
 
 
