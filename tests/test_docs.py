@@ -191,3 +191,12 @@ def test_tests_named_in_the_reliability_table_exist():
     if not found:
       missing.append(f"{file}::{name}" if file else name)
   assert not missing, f"README's reliability table names missing tests: {missing}"
+
+
+def test_project_layout_names_every_module():
+  text = (ROOT / "README.md").read_text()
+  table = text[text.index("## Project layout"):].split("\n## ")[0]
+  named = set(re.findall(r"`(?:flax_resnet/)?(?:data/)?(\w+\.py)`", table))
+  unnamed = [p.name for p in sorted((ROOT / "flax_resnet").glob("**/*.py"))
+             if p.name != "__init__.py" and p.name not in named]
+  assert not unnamed, f"README's project layout does not name {', '.join(unnamed)}"
