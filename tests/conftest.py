@@ -78,3 +78,15 @@ def trained_run(tmp_path_factory, fashion_mnist_data_dir):
                 learning_rate=0.05, plot=False, cache=True)
   result = flax_resnet.train_and_evaluate(config, workdir)
   return workdir, config, result
+
+
+def pytest_sessionfinish(session):
+  """A pytest-xdist worker frees its compiled programs and arrays here, before it reports the
+  session finished: execnet sends SIGINT to a worker still busy 5 s after that report, and the
+  interrupt then lands in whatever JAX is freeing (an 'Exception ignored in _xla_gc_callback:
+  KeyboardInterrupt' in the output)."""
+  import gc
+  import sys
+  if "jax" in sys.modules:
+    sys.modules["jax"].clear_caches()
+  gc.collect()
