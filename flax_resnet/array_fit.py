@@ -32,10 +32,12 @@ def misfit(given: Mapping[str, tuple], wanted: Mapping[str, tuple],
   def listed(label, items):
     more = len(items) - _LISTED
     return f"{label}: {', '.join(items[:_LISTED])}" + (f" and {more} more" if more > 0 else "")
+  given = {k: tuple(shape) for k, shape in given.items()}
+  wanted = {k: tuple(shape) for k, shape in wanted.items()}
   missing = [k for k in wanted if k not in given]
   extra = [k for k in given if k not in wanted and k not in ignored]
-  shapes = [f"{k} is {tuple(given[k])}, expected {tuple(wanted[k])}" for k in wanted
-            if k in given and tuple(given[k]) != tuple(wanted[k])
-            and not (tolerated and tolerated(k, tuple(given[k]), tuple(wanted[k])))]
+  shapes = [f"{k} is {given[k]}, expected {wanted[k]}" for k in wanted
+            if k in given and given[k] != wanted[k]
+            and not (tolerated and tolerated(k, given[k], wanted[k]))]
   return "; ".join(listed(label, items) for label, items in (
       ("missing", missing), ("unexpected", extra), ("other shapes", shapes)) if items)
